@@ -1,0 +1,97 @@
+"""Result object shared by every symbolic check, and a small step recorder."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import sympy as sp
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Outcome of one symbolic check.
+
+    ``name`` is the module-level check name, ``statement`` the lemma in words, ``passed`` is True only
+    when every symbolic step (and every numerical spot check) succeeded, ``details`` lists one line per
+    step, ``claims`` names the digest claims (D4, R1, ...) whose algebra the check covers and
+    ``seconds`` is the wall time of the check.
+    """
+
+    name: str
+    statement: str
+    passed: bool
+    details: tuple[str, ...]
+    claims: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """One line: verdict, name and the first failing step (if any)."""
+        verdict = "PASS" if self.passed else "FAIL"
+        failing = [d for d in self.details if d.startswith("FAIL")]
+        tail = f" — {failing[0]}" if failing else ""
+        return f"[{verdict}] {self.name}{tail}"
+
+
+def factor_sqrts(expr: sp.Expr) -> sp.Expr:
+    """Factor the radicand of every square root, so √((e+2)²) becomes e+2 for positive symbols."""
+    return expr.replace(
+        lambda e: isinstance(e, sp.Pow) and e.exp == sp.S.Half,
+        lambda e: sp.sqrt(sp.factor(e.base)),
+    )
+
+
+@dataclass
+class Steps:
+    """Records the steps of a derivation; ``finish`` turns them into a :class:`CheckResult`."""
+
+    name: str
+    statement: str
+    claims: tuple[str, ...] = ()
+    lines: list[str] = field(default_factory=list)
+    ok: bool = True
+    _t0: float = field(default_factory=time.perf_counter)
+
+    def record(self, label: str, ok: bool, info: str = "") -> bool:
+        """Record one step; a failing step makes the whole check fail."""
+        ok = bool(ok)
+        self.ok = self.ok and ok
+        self.lines.append(f"{'ok  ' if ok else 'FAIL'} {label}" + (f": {info}" if info else ""))
+        return ok
+
+    def zero(self, label: str, expr: sp.Expr, info: str = "") -> bool:
+        """Record that ``expr`` simplifies to exactly zero."""
+        simplified = sp.cancel(sp.together(sp.sympify(expr)))
+        if simplified != 0:
+            simplified = sp.simplify(simplified)
+        ok = simplified == 0
+        return self.record(label, ok, info if ok else f"residual {sp.sstr(simplified)[:200]}")
+
+    def close(self, label: str, got: complex, want: complex, rtol: float = 1e-7, atol: float = 1e-10) -> bool:
+        """Record a numerical spot check |got - want| <= atol + rtol |want|."""
+        err = abs(complex(got) - complex(want))
+        ok = err <= atol + rtol * abs(complex(want))
+        return self.record(label, ok, f"got {complex(got):.10g}, want {complex(want):.10g}, err {err:.2e}")
+
+    def guard(self, label: str, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T | None:
+        """Run ``fn``; an exception is recorded as a failing step (returns None)."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - any failure of a candidate formula is a failed check
+            self.record(label, False, f"{type(exc).__name__}: {exc}")
+            return None
+
+    def finish(self) -> CheckResult:
+        """Freeze the recorded steps into a result."""
+        return CheckResult(
+            name=self.name,
+            statement=self.statement,
+            passed=self.ok,
+            details=tuple(self.lines),
+            claims=self.claims,
+            seconds=time.perf_counter() - self._t0,
+        )
