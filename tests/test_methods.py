@@ -386,6 +386,17 @@ def test_ser_refuses_validation_split_and_missing_data() -> None:
     with pytest.raises(ValueError, match="train_data"):
         prune(model, SER(0.5, selection_steps=2), progress=False)
 
+    class DS(torch.utils.data.TensorDataset):
+        split = "val"
+
+    ds = DS(torch.randn(8, 24), torch.randint(0, 5, (8,)))
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, [0, 1, 2, 3]), batch_size=2)
+    with pytest.raises(ValueError, match="split='val'"):
+        prune(model, SER(0.5, selection_steps=2), train_data=loader, progress=False)
+    DS.split = "train"
+    res = prune(model, SER(0.5, selection_steps=2), train_data=loader, progress=False)
+    assert n_zeros(res.model) == math.floor(0.5 * n_params(model))
+
 
 @settings(max_examples=6)
 @given(st.floats(0.0, 0.9), st.integers(0, 100))

@@ -81,13 +81,16 @@ def target_layers(model: nn.Module, include: Include = None) -> list[Target]:
 
 
 def check_split(data: Any, what: str) -> None:
-    """Refuse data whose ``.split`` (or ``.dataset.split``) is present and is not ``"train"``."""
-    if data is None:
-        return
-    for obj in (data, getattr(data, "dataset", None)):
-        split = getattr(obj, "split", None) if obj is not None else None
-        if split is not None and str(split) != "train":
+    """Refuse data whose ``.split`` -- or that of a wrapped ``.dataset`` (DataLoader, Subset, up to four
+    levels) -- is present and is not ``"train"``."""
+    obj = data
+    for _ in range(5):
+        if obj is None:
+            return
+        split = getattr(obj, "split", None)
+        if split is not None and not callable(split) and str(split) != "train":
             raise ValueError(f"{what} must come from the training split, got split={split!r}")
+        obj = getattr(obj, "dataset", None)
 
 
 # --------------------------------------------------------------------------------------------------
