@@ -434,9 +434,9 @@ def _plot_report(report: SpectrumReport, path: Path, max_panels: int, ncols: int
 
     w = ncols
     ax1 = fig.add_subplot(gs[nrows, 0:w])
-    ax1.semilogy(idx[fitted], arr("sigma_plus")[fitted], "o-", ms=3, lw=1, label="σ₊ (MP edge)")
-    ax1.semilogy(idx[fitted], arr("edge_sigma")[fitted], "s", ms=2.5, color="#d62728", label="edge_σ (1−δ)")
-    ax1.semilogy(idx, arr("spectral_norm"), "^", ms=3, color="#636363", alpha=0.8, label="‖W‖₂")
+    ax1.plot(idx[fitted], arr("sigma_plus")[fitted], "o-", ms=3, lw=1, label="σ₊ (MP edge)")
+    ax1.plot(idx[fitted], arr("edge_sigma")[fitted], "s", ms=2.5, color="#d62728", label="edge_σ (1−δ)")
+    ax1.plot(idx, arr("spectral_norm"), "^", ms=3, color="#636363", alpha=0.8, label="‖W‖₂")
     ax1.set_title("singular-value scale vs depth", fontsize=9)
     ax1.legend(fontsize=7, frameon=False)
     ax2 = fig.add_subplot(gs[nrows, w : 2 * w])
@@ -446,10 +446,15 @@ def _plot_report(report: SpectrumReport, path: Path, max_panels: int, ncols: int
     ax3.plot(idx[fitted], 100 * arr("bulk_fraction")[fitted], "o-", ms=3, lw=1, color="#31a354")
     ax3.set_ylim(0, 105)
     ax3.set_title("bulk fraction (%)", fontsize=9)
+    ax1.set_ylim(bottom=0)
     for ax in (ax1, ax2, ax3):
-        ax.set_xlabel("layer index (model order)", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.set_xlim(-0.5, len(idx) - 0.5)
+        if len(idx) <= 16:  # few layers: name them
+            labels = [_short(e.name, 18) for e in report.layers]
+            ax.set_xticks(idx, labels, rotation=35, ha="right", fontsize=6.5)
+        else:
+            ax.set_xlabel("layer index (model order)", fontsize=8)
     title = f"Spectrum report{': ' + report.model if report.model else ''} — method {report.method}, " \
             f"δ={report.delta:g}; {len(report.fitted)}/{len(report.layers)} matrices fitted"
     if len(shown) < len(pool):
