@@ -1,0 +1,1 @@
+"""Speed and accuracy benchmarks; each prints ratios against a baseline measured in the same run."""
