@@ -1,1 +1,53 @@
-"""placeholder"""
+"""mpprune: prune real models with Marchenko–Pastur signals, gated by data-path certificates.
+
+Public surface (loaded lazily so that ``import mpprune`` stays cheap)::
+
+    import mpprune as mpp
+    report = mpp.analyze(model)                                   # per-layer MP fits
+    result = mpp.prune(model, mpp.SEB(sparsity=0.5), calibration=batches,
+                       gate=mpp.Gate(min_certified=0.99))         # a new model unless inplace=True
+    result.model, result.masks, result.report
+    cert = mpp.certify(dense, result.model, batches)              # per-layer, per-sample certificates
+
+``mpprune`` imports ``mptheory``, never the reverse.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY: dict[str, str] = {
+    "analyze": "mpprune.spectrum",
+    "SpectrumReport": "mpprune.spectrum",
+    "prune": "mpprune.methods",
+    "PruneResult": "mpprune.methods",
+    "Magnitude": "mpprune.methods",
+    "ClassicalRMT": "mpprune.methods",
+    "SEB": "mpprune.methods",
+    "SER": "mpprune.methods",
+    "Hybrid": "mpprune.methods",
+    "Gate": "mpprune.certify",
+    "certify": "mpprune.certify",
+    "MaskStore": "mpprune.masks",
+    "find_layers": "mpprune.layers",
+    "save_pruned": "mpprune.pipeline",
+    "load_pruned": "mpprune.pipeline",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mpprune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -146,3 +146,28 @@ def pure_noise(
 # ============================================================================================
 # Other strategies (networks, masks) live in mptheory.strategies_nets and are re-exported below.
 # ============================================================================================
+from mptheory.strategies_nets import (  # noqa: E402  (networks and masks; imports torch)
+    CASE_FACTORIES,
+    adversarial_margin_cases,
+    cert_cases,
+    dead_column_cases,
+    disjoint_triples,
+    linear_tail_cases,
+    masks,
+    multilayer_cases,
+    small_relu_nets,
+    thetas,
+)
+
+__all__ += [
+    "CASE_FACTORIES",
+    "adversarial_margin_cases",
+    "cert_cases",
+    "dead_column_cases",
+    "disjoint_triples",
+    "linear_tail_cases",
+    "masks",
+    "multilayer_cases",
+    "small_relu_nets",
+    "thetas",
+]
