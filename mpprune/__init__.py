@@ -7,7 +7,7 @@ Public surface (loaded lazily so that ``import mpprune`` stays cheap)::
     result = mpp.prune(model, mpp.SEB(sparsity=0.5), calibration=batches,
                        gate=mpp.Gate(min_certified=0.99))         # a new model unless inplace=True
     result.model, result.masks, result.report
-    cert = mpp.certify(dense, result.model, batches)              # per-layer, per-sample certificates
+    from mpprune.certify import certify                           # per-layer, per-sample certificates
 
 ``mpprune`` imports ``mptheory``, never the reverse.
 """
@@ -30,7 +30,6 @@ _LAZY: dict[str, str] = {
     "SER": "mpprune.methods",
     "Hybrid": "mpprune.methods",
     "Gate": "mpprune.certify",
-    "certify": "mpprune.certify",
     "MaskStore": "mpprune.masks",
     "find_layers": "mpprune.layers",
     "save_pruned": "mpprune.pipeline",
