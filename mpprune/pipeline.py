@@ -54,6 +54,7 @@ __all__ = [
     "check_finite",
     "make_method",
     "make_gate",
+    "gate_summary",
     "parse_gate",
     "calibration_dataset",
     "eval_dataset",
@@ -66,7 +67,6 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "make_staging_dir",
-    "GateFailed",
     "jsonable",
 ]
 
@@ -428,8 +428,23 @@ def make_gate(spec: Mapping[str, Any] | None) -> Any:
         from mpprune.certify import Gate
     except ImportError as exc:  # pragma: no cover - certify.py is part of the package
         raise RuntimeError(f"a gate was requested but mpprune.certify is not available: {exc}") from exc
-    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
+    kw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
     return Gate(**kw)
+
+
+def gate_summary(verdict: Any) -> list[dict[str, Any]] | None:
+    """Per-layer gate verdicts ``[{name, status, sparsity_requested, sparsity_final, certified_fraction,
+    estimator, sound, reason}]`` from a gate result (None when there was no gate)."""
+    if verdict is None:
+        return None
+    d = jsonable(verdict)
+    rows = []
+    for gl in d.get("layers", []) if isinstance(d, dict) else []:
+        cert = gl.get("certificate") or {}
+        keys = ("name", "status", "sparsity_requested", "sparsity_final", "reason")
+        rows.append({k: gl.get(k) for k in keys}
+                    | {k: cert.get(k) for k in ("certified_fraction", "estimator", "sound")})
+    return rows
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -715,10 +730,6 @@ def load_pruned(
 
 
 # ------------------------------------------------------------------------------------------------ run
-class GateFailed(RuntimeError):
-    """The gate refused the pruned model (nothing is saved)."""
-
-
 def load_config(path: str | Path) -> dict[str, Any]:
     """Read a run config from JSON (``.json``) or TOML (``.toml``) and check its sections.
 
@@ -861,13 +872,11 @@ def _stage_prune(r: _Run) -> dict[str, Any]:
     gate = make_gate(r.cfg.get("gate"))
     calib = r.calibration()
     res = prune(r.dense(), config, calibration=calib, gate=gate, train_data=calib, progress=r.progress)
-    verdict = res.report.gate
-    if verdict is not None and getattr(verdict, "passed", None) is False:
-        raise GateFailed(f"gate refused the pruned model: {jsonable(verdict)}")
+    verdict = res.report.gate  # failing layers were backed off or left dense by the gate itself
     save_pruned(r.out / "stages" / "prune", res.model, res.masks, res.report, config=r.cfg["method"],
                 factory=r.spec)
     r._pruned = (res.model, res.masks, res.report.to_dict())
-    return {"global_sparsity": res.report.global_sparsity, "gate": jsonable(verdict) is not None,
+    return {"global_sparsity": res.report.global_sparsity, "gate": gate_summary(verdict),
             "checkpoint": "stages/prune"}
 
 

@@ -1,0 +1,181 @@
+"""The ``mpprune`` command line: help, end-to-end prune/analyze/run, exit code 2 and nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from mpprune import pipeline as P
+from mpprune.cli import main
+from mpprune.models import tiny_mlp
+
+COMMANDS = ("analyze", "prune", "run", "bench", "demo")
+
+
+def _tree(d: Path) -> list[str]:
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*"))
+
+
+@pytest.mark.parametrize("cmd", [None, *COMMANDS])
+def test_help_exits_zero(cmd: str | None, capsys) -> None:
+    argv = ["--help"] if cmd is None else [cmd, "--help"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "usage: mpprune" in text
+    if cmd is not None:
+        assert cmd in text
+
+
+def test_usage_error_exits_two(capsys) -> None:
+    assert main(["prune", "--model", "tiny-mlp"]) == 2  # missing --method/--out
+    assert main(["frobnicate"]) == 2
+    assert "usage" in capsys.readouterr().err
+
+
+def test_prune_tiny_mlp_end_to_end(tmp_path: Path) -> None:
+    from mpprune.data import sklearn_digits
+
+    out = tmp_path / "p"
+    summary = tmp_path / "summary.json"
+    rc = main(["prune", "--model", "tiny-mlp", "--method", "magnitude", "--sparsity", "0.5", "--calib",
+               "digits", "--n-calib", "100", "--out", str(out), "--json", str(summary), "--quiet"])
+    assert rc == 0
+    assert _tree(out) == ["manifest.json", "masks.safetensors", "model.safetensors", "prune_report.json"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging leftovers
+    model, masks, man = P.load_pruned(out)
+    lin = [m for m in model if isinstance(m, nn.Linear)]
+    zeros = sum(int((m.weight == 0).sum()) for m in lin)
+    total = sum(m.weight.numel() for m in lin)
+    assert zeros == int(0.5 * total)
+    rep = json.loads(summary.read_text())
+    assert rep["global_sparsity"] == pytest.approx(zeros / total)
+    # accuracy reported by the CLI equals an independent evaluation of the saved model
+    val = sklearn_digits("val")
+    xs = torch.stack([val[i][0] for i in range(len(val))])
+    ys = torch.tensor([int(val[i][1]) for i in range(len(val))])
+    with torch.no_grad():
+        acc = float((model(xs).argmax(1) == ys).float().mean())
+    assert rep["evaluation"]["accuracy_pruned"] == pytest.approx(acc)
+    assert man["config"]["calib"] == "digits" and man["config"]["method"]["type"] == "Magnitude"
+
+
+def test_prune_mnist_cnn_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "mnist"
+    argv = ["prune", "--model", "mnist-cnn", "--method", "seb", "--sparsity", "0.5", "--calib", "mnist",
+            "--n-calib", "64", "--out", str(out), "--json", str(tmp_path / "s.json"), "--quiet"]
+    assert main(argv) == 0
+    model, masks, man = P.load_pruned(out)
+    rep = json.loads((tmp_path / "s.json").read_text())
+    ev = rep["evaluation"]
+    assert ev["n"] == 1000 and ev["accuracy_dense"] > 0.9  # the real trained CNN on real val digits
+    assert man["inputs"][0]["sha256"] == P.sha256_file(P._default_checkpoint(P.model_spec("mnist-cnn")))
+    assert man["sparsity"]["global"] == pytest.approx(sum(
+        int((m.weight == 0).sum()) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))
+    ) / sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))))
+
+
+def test_prune_with_gate_saves_certified_layers(tmp_path: Path) -> None:
+    pytest.importorskip("mpprune.certify")
+    out = tmp_path / "g"
+    rc = main(["prune", "--model", "tiny-mlp", "--method", "magnitude", "--sparsity", "0.3", "--calib",
+               "digits", "--n-calib", "16", "--gate", "min_certified=0.5,estimator=product_norm,max_bisect=2",
+               "--out", str(out), "--json", str(tmp_path / "s.json"), "--quiet", "--no-eval"])
+    assert rc == 0
+    model, _, man = P.load_pruned(out)
+    layers = json.loads((tmp_path / "s.json").read_text())["gate_layers"]
+    assert {g["name"] for g in layers} == {"0", "2"}
+    mods = dict(model.named_modules())
+    for g in layers:
+        w = mods[g["name"]].weight.detach()
+        # the saved weights carry exactly the sparsity the gate settled on ...
+        assert g["sparsity_final"] == pytest.approx(float((w == 0).sum()) / w.numel())
+        # ... and a layer the gate kept pruned meets the rule with a sound estimator
+        if g["status"] in ("passed", "backed_off"):
+            assert g["certified_fraction"] >= 0.5 and g["sound"] is True
+    assert man["certificate"] is not None and man["config"]["gate"]["min_certified"] == 0.5
+
+
+def test_analyze_writes_reports(tmp_path: Path) -> None:
+    out = tmp_path / "a"
+    assert main(["analyze", "--model", "tiny-cnn", "--out", str(out), "--quiet"]) == 0
+    assert _tree(out) == ["spectrum.json", "spectrum.md", "spectrum.png"]
+    rep = json.loads((out / "spectrum.json").read_text())
+    model = P.build_model(P.model_spec("tiny-cnn"))
+    n_layers = sum(isinstance(m, (nn.Linear, nn.Conv2d)) for m in model.modules())
+    assert len(rep["layers"]) == n_layers
+
+
+def _assert_bad(argv: list[str], capsys, match: str, out: Path, root: Path) -> None:
+    before = _tree(root)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert match in err, err
+    assert not out.exists()
+    assert _tree(root) == before  # nothing written, no staging directory left
+
+
+def test_bad_inputs_exit_two_and_write_nothing(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    base = ["prune", "--method", "magnitude", "--sparsity", "0.5", "--out", str(out), "--quiet"]
+    # missing checkpoint
+    _assert_bad([*base, "--model", "mnist-cnn", "--checkpoint", str(tmp_path / "nope.pth")],
+                capsys, "does not exist", out, tmp_path)
+    # NaN weights
+    m = tiny_mlp()
+    with torch.no_grad():
+        m[2].weight[1, 3] = float("nan")
+    ck = tmp_path / "ck" / "nan.pt"
+    ck.parent.mkdir()
+    torch.save(m.state_dict(), ck)
+    _assert_bad([*base, "--model", "tiny-mlp", "--checkpoint", str(ck)], capsys, "NaN", out, tmp_path)
+    # empty calibration folder (no class folders / no images)
+    empty = tmp_path / "train_imgs"
+    (empty / "cls0").mkdir(parents=True)
+    _assert_bad([*base, "--model", "mnist-cnn", "--calib", str(empty)], capsys, "error", out, tmp_path)
+    # validation split as calibration data
+    val = tmp_path / "val"
+    val.mkdir()
+    _assert_bad([*base, "--model", "mnist-cnn", "--calib", str(val)], capsys, "training split", out,
+                tmp_path)
+    # output where the input checkpoint lives
+    good = tmp_path / "ck" / "good.pt"
+    torch.save(tiny_mlp().state_dict(), good)
+    bad_out = ["prune", "--method", "magnitude", "--sparsity", "0.5", "--model", "tiny-mlp", "--checkpoint",
+               str(good), "--out", str(good.parent), "--quiet"]
+    before = _tree(tmp_path)
+    assert main(bad_out) == 2
+    assert "input checkpoint" in capsys.readouterr().err
+    assert _tree(tmp_path) == before
+    # bad sparsity, bad gate, unknown model
+    _assert_bad([*base[:4], "1.5", *base[5:], "--model", "tiny-mlp"], capsys, "sparsity", out, tmp_path)
+    _assert_bad([*base, "--model", "tiny-mlp", "--calib", "digits", "--gate", "min_certified"], capsys,
+                "key=value", out, tmp_path)
+    _assert_bad([*base, "--model", "no-such-model-xyz"], capsys, "unknown model", out, tmp_path)
+
+
+def test_existing_output_is_not_overwritten(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    rc = main(["prune", "--model", "tiny-mlp", "--method", "magnitude", "--sparsity", "0.5", "--out",
+               str(out), "--quiet"])
+    assert rc == 2 and "already exists" in capsys.readouterr().err
+    assert _tree(out) == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+
+
+def test_run_command_with_json_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"out": str(tmp_path / "r"), "analyze": False, "model": {"name": "tiny-mlp"},
+                               "method": {"name": "magnitude", "sparsity": 0.25},
+                               "data": {"calib": "digits", "n_calib": 50}}))
+    assert main(["run", str(cfg), "--quiet", "--json", str(tmp_path / "state.json")]) == 0
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["completed"] == list(P.STAGES)
+    _, masks, _ = P.load_pruned(tmp_path / "r" / "model")
+    sd = masks.to_state_dict()
+    assert sum(int((~m).sum()) for m in sd.values()) == int(0.25 * sum(m.numel() for m in sd.values()))
+    assert main(["run", str(tmp_path / "missing.toml"), "--quiet"]) == 2
