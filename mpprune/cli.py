@@ -250,7 +250,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from mpprune.demo import run_demo
 
-    summary = run_demo(args.out, quick=args.quick)
+    summary = run_demo(args.out, quick=args.quick, estimator=args.estimator)
     _emit_json(args.json, {"command": "demo", **summary})
     return EXIT_OK if not summary.get("failed") else EXIT_FAILURE
 
@@ -326,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "figures, and the real MNIST CNN pruned with SEB behind a gate.")
     d.add_argument("--out", default="out/demo", metavar="DIR", help="output directory (out/demo)")
     d.add_argument("--quick", action="store_true", help="smaller calibration/evaluation sets")
+    d.add_argument("--estimator", choices=("auto", "pl_exact", "segment_max_slope", "product_norm"),
+                   help="the gate's L_s estimator (default: auto = sound; --quick: segment_max_slope)")
     d.add_argument("--json", metavar="FILE", help=jhelp)
     d.set_defaults(func=cmd_demo)
     return parser
