@@ -171,7 +171,8 @@ def inverse_bbp(y: ArrayLike, ratio: ArrayLike, sigma: ArrayLike = 1.0) -> Float
     with np.errstate(invalid="ignore"):
         disc = np.sqrt(np.maximum(t**2 - 4.0 * c, 0.0))
         x = np.sqrt(np.maximum(t + disc, 0.0) / 2.0)
-    x = np.where(u >= 1.0 + np.sqrt(c), x, np.nan)
+    # y/σ can round just below the edge when y = σ(1 + √c) exactly: accept within 1e-12 relative.
+    x = np.where(u >= (1.0 + np.sqrt(c)) * (1.0 - 1e-12), x, np.nan)
     return _ret(s * x)
 
 
