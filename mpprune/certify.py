@@ -390,6 +390,7 @@ _MATMUL = {"matmul", "__matmul__", "mm", "bmm"}
 _AFFINE_MOD = {"linear", "conv1d", "conv2d", "conv3d", "batch_norm", "dropout", "dropout1d", "dropout2d"}
 _SWITCH = {"relu", "relu_", "leaky_relu", "leaky_relu_", "hardtanh", "hardtanh_", "relu6", "max_pool2d"}
 _MULTI_OK = {"cat", "concat", "stack", "sum"}  # linear, but refused by the product bound
+_LINEAR_OPS = {"linear", "conv1d", "conv2d", "conv3d"}  # tangent computed by hand when only x is dual
 
 
 def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], i: int, name: str, default: Any = None) -> Any:
@@ -405,9 +406,17 @@ def _pair(v: Any) -> tuple[int, int]:
 class _TailTrace(TorchFunctionMode):
     """Watches every op that touches a forward-mode tangent (the R-part of the pruned layer's output)."""
 
-    def __init__(self, batch: int, breakpoints: bool) -> None:
+    def __init__(
+        self,
+        batch: int,
+        breakpoints: bool,
+        plain: frozenset[int] = frozenset(),
+        norms: dict[tuple[str, int], float] | None = None,
+    ) -> None:
         super().__init__()
         self.B = batch
+        self.plain = plain  # ids of tensors known to carry no tangent (parameters, buffers)
+        self.norms = {} if norms is None else norms  # cached induced norms of fixed weights
         self.breakpoints = breakpoints
         self.fwd = torch.full((batch,), math.inf, dtype=torch.float64)
         self.bwd = torch.full((batch,), math.inf, dtype=torch.float64)
@@ -416,7 +425,9 @@ class _TailTrace(TorchFunctionMode):
         self.log_norm = 0.0
 
     def _dual(self, t: Any) -> bool:
-        return isinstance(t, torch.Tensor) and fwAD.unpack_dual(t).tangent is not None
+        if not isinstance(t, torch.Tensor) or id(t) in self.plain:
+            return False
+        return fwAD.unpack_dual(t).tangent is not None
 
     def __torch_function__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
@@ -428,7 +439,26 @@ class _TailTrace(TorchFunctionMode):
             duals = [t for t in flat if self._dual(t)]
             if duals:
                 self._inspect(name, args, kwargs, duals)
+                if name in _LINEAR_OPS and len(duals) == 1 and self._dual(_arg(args, kwargs, 0, "input")):
+                    return self._linear_jvp(func, args, kwargs)
         return func(*args, **kwargs)
+
+    @staticmethod
+    def _linear_jvp(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``func(x) = W x + b`` on a dual ``x`` as two plain calls (faster than the generic forward-AD rule):
+        primal ``W p + b``, tangent ``W t``."""
+        p, t = fwAD.unpack_dual(_arg(args, kwargs, 0, "input"))
+        a_p, a_t, kw_t = list(args), list(args), dict(kwargs)
+        if "input" in kwargs:
+            kwargs = {**kwargs, "input": p}
+            kw_t["input"] = t
+        else:
+            a_p[0], a_t[0] = p, t
+        if len(a_t) > 2:
+            a_t[2] = None
+        else:
+            kw_t["bias"] = None
+        return fwAD.make_dual(func(*a_p, **kwargs), func(*a_t, **kw_t))
 
     # -- per-op bookkeeping ----------------------------------------------------------------------
     def _factor(self, f: float) -> None:
@@ -482,11 +512,17 @@ class _TailTrace(TorchFunctionMode):
         if self._dual(_arg(args, kwargs, 1, "weight")):
             self.non_pl.add(f"{name} with a tangent-carrying weight")
             return
-        if name in ("linear",):
-            self._factor(float(_arg(args, kwargs, 1, "weight").detach().abs().double().sum(1).max()))
-        elif name.startswith("conv"):
-            w = _arg(args, kwargs, 1, "weight").detach().double()
-            self._factor(float(w.abs().reshape(w.shape[0], -1).sum(1).max()))
+        if name in ("linear",) or name.startswith("conv"):
+            w = _arg(args, kwargs, 1, "weight")
+            key = (name, id(w))
+            if key not in self.norms:
+                wd = w.detach().double()
+                val = float(wd.abs().reshape(wd.shape[0], -1).sum(1).max())
+                if id(w) not in self.plain:  # a weight computed on the fly: do not cache by id
+                    self._factor(val)
+                    return
+                self.norms[key] = val
+            self._factor(self.norms[key])
         elif name == "batch_norm":
             if bool(_arg(args, kwargs, 5, "training", False)):
                 self.non_pl.add("batch_norm in training mode")
@@ -502,17 +538,25 @@ class _TailTrace(TorchFunctionMode):
             if bool(_arg(args, kwargs, 2, "training", False)) and float(_arg(args, kwargs, 1, "p", 0.5)) > 0:
                 self.non_pl.add(f"{name} in training mode")
 
-    def _record(self, delta: torch.Tensor) -> None:
-        """delta: (B, ...) signed distances in theta to candidate breakpoints (NaN = none)."""
-        if delta.shape[0] != self.B:
-            self.non_pl.add(f"switch on a tensor whose first dim {delta.shape[0]} is not the batch {self.B}")
+    def _record(self, rate: torch.Tensor) -> None:
+        """rate: (B, ...) reciprocal signed distances ``1/delta`` in theta to candidate breakpoints.
+
+        ``rate`` = (tangent difference) / (primal gap); 0 or NaN means no breakpoint (a switch that is
+        exactly at the probe point or never happens); the nearest forward breakpoint of a sample is
+        ``1 / max(rate)`` (if positive), the nearest backward one ``-1 / min(rate)`` (if negative).
+        """
+        if rate.shape[0] != self.B:
+            self.non_pl.add(f"switch on a tensor whose first dim {rate.shape[0]} is not the batch {self.B}")
             return
-        d = delta.reshape(self.B, -1)
-        inf = torch.full_like(d, math.inf)
-        f = torch.where(d > 0, d, inf).amin(1)
-        b = torch.where(d < 0, -d, inf).amin(1)
-        self.fwd = torch.minimum(self.fwd, f.double().cpu())
-        self.bwd = torch.minimum(self.bwd, b.double().cpu())
+        r = torch.nan_to_num(rate.reshape(self.B, -1), nan=0.0, posinf=0.0, neginf=0.0)
+        if r.shape[1] == 0:
+            return
+        hi, lo = r.amax(1).double().cpu(), r.amin(1).double().cpu()
+        inf = torch.full_like(hi, math.inf)
+        f = torch.where(hi > 0, 1.0 / torch.where(hi > 0, hi, 1.0), inf)
+        b = torch.where(lo < 0, -1.0 / torch.where(lo < 0, lo, -1.0), inf)
+        self.fwd = torch.minimum(self.fwd, f)
+        self.bwd = torch.minimum(self.bwd, b)
 
     def _elementwise(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         x = _arg(args, kwargs, 0, "input")
@@ -535,10 +579,8 @@ class _TailTrace(TorchFunctionMode):
             return
         p, t = fwAD.unpack_dual(x)
         p, t = p.detach(), t.detach()
-        nz = t != 0
-        safe = torch.where(nz, t, torch.ones_like(t))
         for c in levels:
-            self._record(torch.where(nz, (c - p) / safe, torch.full_like(p, math.nan)))
+            self._record(t / (c - p))
 
     def _maxpool(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         x = _arg(args, kwargs, 0, "input")
@@ -562,6 +604,18 @@ class _TailTrace(TorchFunctionMode):
         p, t = fwAD.unpack_dual(x)
         p, t = p.detach(), t.detach()
         B, C, H, W = p.shape
+        if st == ks and pad == (0, 0) and dil == (1, 1):  # non-overlapping windows: plain reshapes
+            Ho, Wo = H // ks[0], W // ks[1]
+            if Ho == 0 or Wo == 0:
+                return
+            pw, idx = F.max_pool2d(p, ks, return_indices=True)
+            tw = torch.gather(t.reshape(B, C, -1), 2, idx.reshape(B, C, -1)).reshape(pw.shape)
+            shape = (B, C, Ho, ks[0], Wo, ks[1])
+            cp = p[:, :, : Ho * ks[0], : Wo * ks[1]].reshape(shape)
+            ct = t[:, :, : Ho * ks[0], : Wo * ks[1]].reshape(shape)
+            pw6, tw6 = pw[:, :, :, None, :, None], tw[:, :, :, None, :, None]
+            self._record((ct - tw6) / (pw6 - cp))
+            return
         pp = F.pad(p, (pad[1], pad[1], pad[0], pad[0]), value=-math.inf)
         tp = F.pad(t, (pad[1], pad[1], pad[0], pad[0]), value=0.0)
         Hp, Wp = H + 2 * pad[0], W + 2 * pad[1]
@@ -573,12 +627,7 @@ class _TailTrace(TorchFunctionMode):
         )
         win = cp.argmax(dim=2, keepdim=True)
         pw, tw = torch.gather(cp, 2, win), torch.gather(ct, 2, win)
-        dt = ct - tw
-        finite = torch.isfinite(cp) & (dt != 0)
-        delta = torch.where(
-            finite, (pw - cp) / torch.where(finite, dt, torch.ones_like(dt)), torch.full_like(cp, math.nan)
-        )
-        self._record(delta)
+        self._record(torch.where(torch.isfinite(cp), (ct - tw) / (pw - cp), 0.0))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -586,7 +635,15 @@ class _TailTrace(TorchFunctionMode):
 
 
 class _Segment:
-    """A float64 copy of the dense model whose layer computes ``S psi_1 + b + theta_s R psi_1``."""
+    """A float64 copy of the dense model whose layer computes ``S psi_1 + b + theta_s R psi_1``.
+
+    :meth:`bind` runs the model once on a batch and caches what does not depend on theta: the outputs of
+    every module call that completes before the layer starts (the dense prefix, side branches computed
+    earlier) and the layer's own ``S psi_1 + b`` and ``R psi_1``. Later runs on the bound batch
+    (:meth:`logits`, :meth:`slope`) then recompute only the tail: cached module calls return a copy of
+    their stored output and the layer returns ``S psi_1 + b + theta R psi_1`` without a convolution. If
+    the layer is called more than once per forward nothing is cached (every run is a full forward).
+    """
 
     def __init__(self, model: nn.Module, name: str, S: torch.Tensor, R: torch.Tensor) -> None:
         self.model = copy.deepcopy(model).double().eval()
@@ -601,66 +658,200 @@ class _Segment:
         self.theta: torch.Tensor | None = None
         self.dual = False
         self.removed: torch.Tensor | None = None
-        self.layer.register_forward_hook(self._hook)
+        self.x: torch.Tensor | None = None
+        self._layer_forward = self.layer.forward
+        self.layer.forward = self._forward_layer  # type: ignore[method-assign,assignment]
+        self._mods = [m for _, m in self.model.named_modules() if m is not self.model and m is not self.layer]
+        self._orig = {id(m): m.forward for m in self._mods}
+        self._cache: dict[int, dict[int, Any]] = {}  # id(module) -> {call index: output}
+        self._calls: dict[int, int] = {}
+        self._layer_cache: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._layer_calls = 0
+        self._recording = False
+        self._rec_layer: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._non_pl: str | None = None
+        self._plain = frozenset(id(t) for t in [*self.model.parameters(), *self.model.buffers()])
+        self._norms: dict[tuple[str, int], float] = {}
 
-    def _hook(self, mod: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
-        x = args[0]
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(
-                f"layer {self.name!r}: input activations of shape {tuple(x.shape)} contain NaN/Inf"
-            )
-        d = layer_removed_output(mod, x, self.R)
+    # -- the layer and the cached prefix ---------------------------------------------------------
+    def _forward_layer(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        k = self._layer_calls
+        self._layer_calls += 1
+        if k < len(self._layer_cache):
+            out, d = self._layer_cache[k]
+        else:
+            if not bool(torch.isfinite(fwAD.unpack_dual(x).primal).all()):
+                raise ValueError(
+                    f"layer {self.name!r}: input activations of shape {tuple(x.shape)} contain NaN/Inf"
+                )
+            out = self._layer_forward(x, *args, **kwargs)
+            d = layer_removed_output(self.layer, x, self.R)
+            if self._recording:
+                self._rec_layer.append((out.detach(), d.detach()))
         if self.theta is None or out.shape[0] != self.theta.shape[0]:
             raise ValueError(f"layer {self.name!r}: output batch dim {out.shape[0]} is not the sample batch")
-        self.removed = _per_sample_inf(d).cpu()
         th = self.theta.to(out).reshape((-1,) + (1,) * (out.dim() - 1))
-        primal = out + th * d
-        return fwAD.make_dual(primal, d) if self.dual else primal
+        res = out + th * d
+        if not self.dual:
+            return res
+        # d/dtheta [S x + b + theta R x] = R x, plus (S + theta R) dx/dtheta when x itself carries a
+        # tangent (the layer called again downstream of its own output: z is then polynomial in theta)
+        rp, rt = fwAD.unpack_dual(res)
+        if rt is not None:
+            self._non_pl = f"layer {self.name!r} applied to its own output (polynomial in theta)"
+        dp = fwAD.unpack_dual(d).primal
+        return fwAD.make_dual(rp, dp.clone() if rt is None else rt + dp)
 
-    def logits(self, x: torch.Tensor, theta: float | np.ndarray) -> torch.Tensor:
-        B = x.shape[0]
-        self.theta = torch.as_tensor(np.broadcast_to(np.asarray(theta, dtype=np.float64), (B,)).copy())
+    def _cached_forward(self, mod: nn.Module) -> Any:
+        key, orig = id(mod), self._orig[id(mod)]
+        store = self._cache[key]
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            k = self._calls.get(key, 0)
+            self._calls[key] = k + 1
+            if k in store:
+                return store[k].clone()
+            return orig(*args, **kwargs)
+
+        return forward
+
+    def _run(self, theta: float | np.ndarray | torch.Tensor) -> Any:
+        if self.x is None:
+            raise ValueError(f"layer {self.name!r}: no batch bound")
+        B = self.x.shape[0]
+        th = np.broadcast_to(np.asarray(theta, dtype=np.float64), (B,)).copy()
+        self.theta = torch.as_tensor(th)
+        self._calls = {}
+        self._layer_calls = 0
+        return self.model(self.x)
+
+    def bind(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the model on ``x`` at theta = 1, cache the theta-independent parts; the logits at theta = 1."""
+        for m in self._mods:  # undo the previous binding
+            m.__dict__.pop("forward", None)
+        self._cache, self._layer_cache = {}, []
+        self.x = x.to(self.device, torch.float64)
+        self._recording = True
+        self._rec_layer = []
+        clock = [0]
+        layer_start: list[int] = []
+        stack: list[tuple[int, int, int]] = []  # (id, call index, start)
+        done: list[tuple[int, int, int, int, Any]] = []  # (id, call index, start, end, output)
+        counts: dict[int, int] = {}
+
+        def pre(m: nn.Module, args: Any) -> None:
+            clock[0] += 1
+            if m is self.layer:
+                layer_start.append(clock[0])
+                return
+            k = counts.get(id(m), 0)
+            counts[id(m)] = k + 1
+            stack.append((id(m), k, clock[0]))
+
+        def post(m: nn.Module, args: Any, out: Any) -> None:
+            clock[0] += 1
+            if m is self.layer:
+                return
+            key, k, start = stack.pop()
+            if not layer_start and isinstance(out, torch.Tensor):
+                done.append((key, k, start, clock[0], out.detach()))
+
+        handles = [m.register_forward_pre_hook(pre) for m in self._mods + [self.layer]]
+        handles += [m.register_forward_hook(post) for m in self._mods + [self.layer]]
         self.dual = False
-        with torch.no_grad():
-            z = _logits_of(self.model(x.to(self.device, torch.float64))).double().cpu()
+        try:
+            with torch.no_grad():
+                z = _logits_of(self._run(1.0)).double().cpu()
+        finally:
+            for h in handles:
+                h.remove()
+            self._recording = False
+        if not self._rec_layer:
+            raise ValueError(f"layer {self.name!r} was never called during the forward pass")
+        self.removed = _per_sample_inf(self._rec_layer[-1][1]).cpu()
+        if len(self._rec_layer) == 1:
+            self._layer_cache = self._rec_layer
+            # keep the outermost calls that finished before the layer started
+            spans = [(s, e) for _, _, s, e, _ in done]
+            for key, k, s, e, out in done:
+                if any(s2 < s and e < e2 for s2, e2 in spans):
+                    continue
+                self._cache.setdefault(key, {})[k] = out
+            for m in self._mods:
+                if id(m) in self._cache:
+                    m.forward = self._cached_forward(m)  # type: ignore[method-assign]
+        self._rec_layer = []
         if not bool(torch.isfinite(z).all()):
             raise ValueError(f"layer {self.name!r}: logits contain NaN/Inf")
         return z
 
-    def slope(self, x: torch.Tensor, theta: np.ndarray, breakpoints: bool) -> tuple[torch.Tensor, _TailTrace]:
-        """``||dz/dtheta||_inf`` per sample at ``theta`` (B,), with the tail trace of that run."""
-        B = x.shape[0]
-        self.theta = torch.as_tensor(np.asarray(theta, dtype=np.float64))
-        self.dual = True
-        trace = _TailTrace(B, breakpoints)
-        with torch.no_grad(), fwAD.dual_level():
-            with trace:
-                out = _logits_of(self.model(x.to(self.device, torch.float64)))
-            tangent = fwAD.unpack_dual(out).tangent
+    # -- runs on the bound batch -----------------------------------------------------------------
+    def logits(self, theta: float | np.ndarray) -> torch.Tensor:
+        """Logits of the bound batch at ``theta`` (scalar or one per sample), float64."""
         self.dual = False
-        if tangent is None:
-            tangent = torch.zeros_like(fwAD.unpack_dual(out).primal)
+        with torch.no_grad():
+            z = _logits_of(self._run(theta)).double().cpu()
+        if not bool(torch.isfinite(z).all()):
+            raise ValueError(f"layer {self.name!r}: logits contain NaN/Inf")
+        return z
+
+    def slope(self, theta: np.ndarray, breakpoints: bool) -> tuple[torch.Tensor, _TailTrace]:
+        """``||dz/dtheta||_inf`` per bound sample at ``theta`` (B,), with the tail trace of that run."""
+        if self.x is None:
+            raise ValueError(f"layer {self.name!r}: no batch bound")
+        trace = _TailTrace(self.x.shape[0], breakpoints, self._plain, self._norms)
+        self.dual = True
+        try:
+            with torch.no_grad(), fwAD.dual_level():
+                with trace:
+                    out = _logits_of(self._run(theta))
+                tangent = fwAD.unpack_dual(out).tangent
+                if self._non_pl is not None:
+                    trace.non_pl.add(self._non_pl)
+                if self._layer_calls > 1:
+                    trace.non_seq.add(f"layer {self.name!r} called {self._layer_calls} times")
+                if tangent is None:
+                    tangent = torch.zeros_like(fwAD.unpack_dual(out).primal)
+        finally:
+            self.dual = False
         return _per_sample_inf(tangent.detach()).double().cpu(), trace
 
 
 def _pl_exact(seg: _Segment, x: torch.Tensor, tol: float, max_probes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact max slope over the linear pieces of theta -> z(theta) on [0, 1]; returns (eta, n_pieces)."""
+    """Exact max slope over the linear pieces of theta -> z(theta) on [0, 1]; returns (eta, n_pieces).
+
+    All samples advance in lockstep: every probe is one batched forward-AD run of the tail in which each
+    unfinished sample sits at the midpoint of one of its uncovered theta-gaps; the run gives, per sample,
+    the slope on the piece containing that point and the distances to the nearest switch on both sides,
+    i.e. the whole piece. The number of probes is the largest piece count in the batch. Samples that are
+    done ride along (their results are ignored) until fewer than half of the bound batch is left; then the
+    batch is re-bound to the unfinished samples.
+    """
     B = x.shape[0]
     stacks: list[list[tuple[float, float]]] = [[(0.0, 1.0)] for _ in range(B)]
     best = np.zeros(B)
     pieces = np.zeros(B, dtype=np.int64)
+    bound = np.arange(B)
+    if seg.x is None or seg.x.shape[0] != B:
+        seg.bind(x)
     probes = 0
     while True:
-        active = [i for i in range(B) if stacks[i]]
-        if not active:
+        live = np.array([bool(stacks[i]) for i in bound])
+        if not live.any():
             break
+        if 2 * int(live.sum()) <= len(bound) and len(bound) > 1:
+            bound = bound[live]
+            seg.bind(x[torch.as_tensor(bound)])
+            live = np.ones(len(bound), dtype=bool)
         probes += 1
         if probes > max_probes:
             raise ValueError(f"layer {seg.name!r}: pl_exact needs more than max_probes={max_probes} probes")
-        gaps = np.array([stacks[i].pop() for i in active])
-        a, b = gaps[:, 0], gaps[:, 1]
+        a = np.full(len(bound), 0.5)
+        b = np.full(len(bound), 0.5)
+        for k in np.flatnonzero(live):
+            a[k], b[k] = stacks[bound[k]].pop()
         m = 0.5 * (a + b)
-        sl, trace = seg.slope(x[active], m, breakpoints=True)
+        sl, trace = seg.slope(m, breakpoints=True)
         if trace.non_pl:
             raise NotPiecewiseLinear(
                 f"layer {seg.name!r}: tail is not piecewise linear: {sorted(trace.non_pl)}"
@@ -668,7 +859,8 @@ def _pl_exact(seg: _Segment, x: torch.Tensor, tol: float, max_probes: int) -> tu
         lo = np.maximum(a, m - trace.bwd.numpy())
         hi = np.minimum(b, m + trace.fwd.numpy())
         s = sl.numpy()
-        for k, i in enumerate(active):
+        for k in np.flatnonzero(live):
+            i = bound[k]
             best[i] = max(best[i], s[k])
             pieces[i] += 1
             if lo[k] - a[k] > tol:
@@ -816,9 +1008,9 @@ def certify_layer(
     used = est
     etas, Ls, norms, margins, real, flips, npieces = [], [], [], [], [], [], []
     for x, _ in iter_calibration(calibration):
-        z1 = seg.logits(x, 1.0)
+        z1 = seg.bind(x)
         nr = seg.removed.numpy().astype(np.float64) if seg.removed is not None else np.zeros(x.shape[0])
-        z0 = seg.logits(x, 0.0)
+        z0 = seg.logits(0.0)
         B = x.shape[0]
         pieces = None
         if used in ("auto", "pl_exact"):
@@ -832,12 +1024,14 @@ def certify_layer(
                 notes.append(f"auto: {e}; fell back to the segment_max_slope ESTIMATE")
         if used == "segment_max_slope":
             best = np.zeros(B)
+            if seg.x is None or seg.x.shape[0] != B:  # pl_exact may have re-bound a subset
+                seg.bind(x)
             for th in np.linspace(0.0, 1.0, int(n_theta)):
-                sl, _ = seg.slope(x, np.full(B, th), breakpoints=False)
+                sl, _ = seg.slope(np.full(B, th), breakpoints=False)
                 best = np.maximum(best, sl.numpy())
             eta_b = best
         elif used == "product_norm":
-            _, trace = seg.slope(x, np.full(B, 0.5), breakpoints=False)
+            _, trace = seg.slope(np.full(B, 0.5), breakpoints=False)
             if trace.non_seq or trace.non_pl:
                 raise ValueError(
                     f"layer {name!r}: product_norm needs a sequential tail of affine maps and 1-Lipschitz "

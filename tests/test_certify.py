@@ -136,6 +136,90 @@ def test_mnist_conv_pl_exact_sound(mnist, digits):
     assert np.all(e.eta <= c.eta * (1 + 1e-9))  # grid slopes never exceed the exact max slope
 
 
+def test_mnist_inner_convs_equal_independent_exact(mnist, digits):
+    """pl_exact on the inner convs equals the independent layer-by-layer piece enumeration."""
+    for name, n in (("conv_layers.6", 16), ("conv_layers.3", 3)):
+        x = digits[0][0][:n]
+        k = int(name.split(".")[1])
+        conv = mnist.conv_layers[k]
+        S = magnitude(conv.weight.detach(), 0.5)
+        c = certify_layer(mnist, name, S, [x], "pl_exact")
+        with torch.no_grad():
+            h = mnist.conv_layers[:k](x).double()
+            u1 = F.conv2d(h, conv.weight.double(), conv.bias.double(), padding=1)
+            u0 = F.conv2d(h, S.double(), conv.bias.double(), padding=1)
+        tail = [*mnist.conv_layers[k + 1 :], nn.Flatten(), *mnist.fc_layers]
+        ref = piecewise_linear_segment(tail, u0, u1)
+        nr = (u1 - u0).abs().flatten(1).amax(1).numpy()
+        np.testing.assert_allclose(c.removed_norm, nr, rtol=1e-6)
+        np.testing.assert_allclose(c.eta, ref.values * nr, rtol=1e-6)
+        assert c.violations == 0 and np.all(c.pieces > 5)  # several pieces per sample: a real test
+
+
+def test_lockstep_batch_equals_one_sample_at_a_time(mnist, digits):
+    """Samples advanced together (with masking and re-binding) give exactly the per-sample results."""
+    x = digits[0][0][:10]
+    S = magnitude(mnist.conv_layers[6].weight.detach(), 0.5)
+    c = certify_layer(mnist, "conv_layers.6", S, [x], "pl_exact")
+    singles = certify_layer(mnist, "conv_layers.6", S, [x[i : i + 1] for i in range(10)], "pl_exact")
+    assert len(set(c.pieces.tolist())) > 1  # unequal piece counts: masking and re-binding are exercised
+    np.testing.assert_array_equal(c.pieces, singles.pieces)
+    np.testing.assert_allclose(c.eta, singles.eta, rtol=1e-12)
+    np.testing.assert_allclose(c.margin, singles.margin, rtol=1e-12)
+    np.testing.assert_allclose(c.realised, singles.realised, rtol=1e-12)
+
+
+class SharedParts(nn.Module):
+    """A shared in-place ReLU before and after the layer, a skip from the prefix, an optional second call."""
+
+    def __init__(self, twice: bool) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.pre, self.mid, self.skip, self.head = (
+            nn.Linear(6, 8),
+            nn.Linear(8, 8),
+            nn.Linear(6, 8),
+            nn.Linear(8, 3),
+        )
+        self.act = nn.ReLU(inplace=True)
+        self.twice = twice
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.pre(x))
+        s = self.skip(x)
+        u = self.mid(h)
+        if self.twice:
+            u = self.mid(self.act(u))
+        return self.head(self.act(u + s))
+
+
+@pytest.mark.parametrize("twice", [False, True])
+def test_cached_prefix_with_shared_modules_matches_finite_differences(twice):
+    model = SharedParts(twice).eval()
+    x = torch.randn(9, 6, generator=torch.Generator().manual_seed(2))
+    W = model.mid.weight.detach()
+    S = magnitude(W, 0.5)
+    fd = _fd_slopes(model, "mid", S, W - S, x, 4001)
+    if twice:  # z is quadratic in theta on each piece: no pl_exact, the labelled grid estimate instead
+        with pytest.raises(NotPiecewiseLinear, match="own output"):
+            certify_layer(model, "mid", S, [x], "pl_exact")
+        with pytest.raises(ValueError, match="called 2 times"):
+            certify_layer(model, "mid", S, [x], "product_norm")
+        e = certify_layer(model, "mid", S, [x], "auto")
+        assert e.estimator == "segment_max_slope" and not e.sound
+        assert np.all(e.eta <= fd.max(axis=0) * (1 + 1e-3) + 1e-9)
+        assert np.all(e.eta >= 0.5 * fd.max(axis=0))
+        return
+    c = certify_layer(model, "mid", S, [x], "pl_exact")
+    assert np.all(fd <= c.eta[None, :] * (1 + 1e-7) + 1e-9)
+    np.testing.assert_allclose(fd.max(axis=0), c.eta, rtol=0.03)
+    z = model(x).detach().double()
+    np.testing.assert_allclose(
+        np.sort(z.numpy(), 1)[:, -1] - np.sort(z.numpy(), 1)[:, -2], c.margin, rtol=1e-5
+    )
+    assert c.violations == 0
+
+
 def test_smooth_tail_falls_back_to_labelled_estimate():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.GELU(), nn.LayerNorm(8), nn.Linear(8, 3)).eval()
