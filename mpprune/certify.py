@@ -20,7 +20,11 @@ Estimators of L_s (every result carries ``estimator`` and ``sound``):
   exact primal and tangent the distance to the nearest ReLU / LeakyReLU / Hardtanh switch and MaxPool argmax
   switch on both sides, and the segment [0, 1] is covered piece by piece (probing each piece at an interior
   point). ``eta_s = max_pieces ||dz/dtheta||_inf`` exactly (pieces shorter than ``tol`` = 1e-9 in theta are
-  not probed). Any op that is not affine or one of those switches (GELU, LayerNorm, softmax, ...) makes the
+  not probed). Cost: all samples of a batch advance in lockstep (one batched probe covers one piece of
+  every unfinished sample, so a batch needs max-over-samples pieces probes, not the sum), and a probe runs
+  only the tail: per batch the outputs of every module call that finishes before the layer starts, and
+  the layer's ``S psi_1 + b`` and ``R psi_1``, are computed once and replayed. Any op that is not affine
+  or one of those switches (GELU, LayerNorm, softmax, ...) makes the
   tail non-PL and ``"auto"`` falls back to ``"segment_max_slope"``.
 * ``"segment_max_slope"`` (ESTIMATE, ``sound=False``): the largest ``||dz/dtheta||_inf`` on a 20-point theta
   grid.
