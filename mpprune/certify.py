@@ -667,6 +667,7 @@ class _Segment:
         self.layer.forward = self._forward_layer  # type: ignore[method-assign,assignment]
         self._mods = [m for _, m in self.model.named_modules() if m is not self.model and m is not self.layer]
         self._orig = {id(m): m.forward for m in self._mods}
+        self._own = {id(m): m.__dict__.get("forward") for m in self._mods}  # instance-level forwards
         self._cache: dict[int, dict[int, Any]] = {}  # id(module) -> {call index: output}
         self._calls: dict[int, int] = {}
         self._layer_cache: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -732,7 +733,11 @@ class _Segment:
     def bind(self, x: torch.Tensor) -> torch.Tensor:
         """Run the model on ``x`` at theta = 1, cache the theta-independent parts; the logits at theta = 1."""
         for m in self._mods:  # undo the previous binding
-            m.__dict__.pop("forward", None)
+            own = self._own[id(m)]
+            if own is None:
+                m.__dict__.pop("forward", None)
+            else:
+                m.forward = own  # type: ignore[method-assign]
         self._cache, self._layer_cache = {}, []
         self.x = x.to(self.device, torch.float64)
         self._recording = True
