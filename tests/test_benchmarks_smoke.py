@@ -52,7 +52,9 @@ def test_comparable_layers_are_the_same_matrix_for_both_tools() -> None:
     assert [n for n, _ in chosen] == ["1", "5"]
     views = {info.name: dict(matrix_blocks(info)) for info in find_layers(model)}
     for name, mod in chosen:
-        w = mod.weight.detach()
+        weight = mod.weight
+        assert isinstance(weight, torch.Tensor)
+        w = weight.detach()
         ww_slice = w[:, :, 0, 0] if w.dim() == 4 else w  # WeightWatcher's (only) matrix of this layer
         (ours,) = views[name].values()
         assert torch.equal(ours.to(w.dtype), ww_slice)
@@ -94,10 +96,11 @@ def test_ww_counts_maps_rows_to_modules() -> None:
     if ww is None:
         pytest.skip("WeightWatcher not installed")
     torch.manual_seed(0)
-    mods: list[nn.Module] = [nn.Linear(64, 40), nn.Conv2d(24, 56, 1), nn.Linear(40, 120)]
-    with torch.no_grad():  # plant one strong spike in the second layer so counts differ
+    conv = nn.Conv2d(24, 56, 1)
+    with torch.no_grad():  # plant one strong spike in the conv so counts differ between layers
         u, v = torch.randn(56, 1), torch.randn(1, 24)
-        mods[1].weight[:, :, 0, 0] += 3.0 * u @ v / 24**0.5
+        conv.weight[:, :, 0, 0] += 3.0 * u @ v / 24**0.5
+    mods: list[nn.Module] = [nn.Linear(64, 40), conv, nn.Linear(40, 120)]
     counts, _ = ww_counts(ww, mods)
     alone = []
     for m in mods:
