@@ -37,6 +37,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) -m benchmarks.spectra
+	$(PY) -m benchmarks.models_spectra
+	$(PY) -m benchmarks.mnist_pruning
 
 verify: $(STAMP)
 	$(VENV)/bin/mptheory verify --json $(OUT)/verify.json

@@ -26,9 +26,12 @@ is the same edge on the singular-value scale.  The asymptotic edges are ``λ± =
 * ``"rcb"`` — rank-corrected bulk (default, this library's method): start from BEMA, count the ``k``
   eigenvalues above the edge, remove them, refit the remaining ``p − k`` bulk eigenvalues as the spectrum of
   an ``(n − k) × (p − k)`` noise matrix (ratio ``(p−k)/(n−k)``, quantile grid over ``p − k`` points, scale
-  factor ``(n−k)/n`` because eigenvalues stay normalised by the original ``n``), recompute the edge of that
-  deflated noise matrix, and iterate to a fixed point in ``k`` (at most ``max_iter`` rounds).  Spikes:
-  eigenvalues above the final edge.
+  factor ``(n−k)/n`` because eigenvalues stay normalised by the original ``n``), recompute the edge with the
+  rank-corrected σ², and iterate to a fixed point in ``k`` (at most ``max_iter`` rounds).  Spikes:
+  eigenvalues above the final edge.  By default (``rcb_edge="full"``) the edge keeps the full ``n × p``
+  shape: by Weyl interlacing λ_{k+1}(signal + noise) ≤ λ_1(noise) for a rank-k signal, so the over-count
+  probability stays ≤ δ; ``rcb_edge="deflated"`` uses the ``(n−k) × (p−k)`` edge instead (more power for
+  many near-threshold spikes, over-count above δ).
 
 ``authors_convention=True`` (or an explicit ``beta``) switches the edge to the Ke–Ma–Lin asymptotic form
 ``σ²[(1+√c)² + t_{1−β} n^{−2/3} c^{−1/6} (1+√c)^{4/3}]`` with the *correct* exponent 4/3 (digest §3.1
@@ -220,6 +223,7 @@ def _fit_core(
     beta: float | None,
     max_iter: int,
     max_rank_fraction: float,
+    rcb_edge: str = "full",
 ) -> list[MPFit]:
     """Vectorised fit of ``B`` spectra of one shape; ``ev`` is ``(B, p)`` ascending on the MP scale."""
     B, p = ev.shape
@@ -262,7 +266,8 @@ def _fit_core(
                 rows = active[k_bulk[active] == k]
                 sigma2[rows] = bema_sigma2(rows, int(k))
                 _check_sigma2(sigma2[rows], shape)
-                edge[rows] = _edge(sigma2[rows], float(p - k), float(n - k), n, t, convention)
+                pe, ne = (p - k, n - k) if rcb_edge == "deflated" else (p, n)
+                edge[rows] = _edge(sigma2[rows], float(pe), float(ne), n, t, convention)
         threshold = edge.copy()
     elif method == "gd":
         threshold = float(gd_lambda_star(c)) ** 2 * sigma2
@@ -349,6 +354,7 @@ def fit_mp(
     authors_convention: bool = False,
     max_iter: int = 20,
     max_rank_fraction: float = 0.5,
+    rcb_edge: str = "full",
 ) -> MPFit:
     """Fit a Marchenko–Pastur law to the spectrum of ``W`` (or to given eigenvalues) and find its spikes.
 
@@ -373,6 +379,13 @@ def fit_mp(
         Iteration cap for ``rcb``.
     max_rank_fraction : float in (0, 1)
         ``rcb`` never removes more than this fraction of the eigenvalues from the bulk.
+    rcb_edge : {"full", "deflated"}
+        Which noise edge ``rcb`` counts spikes against. ``"full"`` (default): the Johnstone edge of the full
+        ``n × p`` shape with the rank-corrected σ²; by Weyl interlacing the (k+1)-th eigenvalue of a rank-k
+        signal plus noise never exceeds the top eigenvalue of the noise alone, so over-counting has
+        probability ≤ δ. ``"deflated"``: the edge of the ``(n−k) × (p−k)`` deflated noise matrix — more power
+        when many spikes sit just above the BBP threshold, but the over-count rate exceeds δ and it can run
+        away on heavy-tailed (non-MP) trained spectra.
     """
     if (W is None) == (eigenvalues is None):
         raise ValueError("give exactly one of W and eigenvalues=")
@@ -414,8 +427,16 @@ def fit_mp(
         if np.min(ev) < -_NEG_TOL * top:
             raise ValueError(f"eigenvalues for shape {shp} must be non-negative (min {np.min(ev):.3g})")
         ev = np.sort(np.maximum(ev, 0.0))
-    fits = _fit_core(ev[None, :], shp, method, float(delta), float(alpha), beta, max_iter, max_rank_fraction)
+    _check_rcb_edge(rcb_edge)
+    fits = _fit_core(
+        ev[None, :], shp, method, float(delta), float(alpha), beta, max_iter, max_rank_fraction, rcb_edge
+    )
     return fits[0]
+
+
+def _check_rcb_edge(rcb_edge: str) -> None:
+    if rcb_edge not in ("full", "deflated"):
+        raise ValueError(f"rcb_edge must be 'full' or 'deflated', got {rcb_edge!r}")
 
 
 def _batched_eigenvalues(mats: list[NDArray[np.float64]], shape: tuple[int, int]) -> FloatArray:
@@ -443,6 +464,8 @@ def fit_mp_batch(matrices: Iterable[Any], **kw: Any) -> list[MPFit]:
     beta = _resolve_beta(kw.pop("beta", None), bool(kw.pop("authors_convention", False)))
     max_iter = kw.pop("max_iter", 20)
     max_rank_fraction = kw.pop("max_rank_fraction", 0.5)
+    rcb_edge = kw.pop("rcb_edge", "full")
+    _check_rcb_edge(rcb_edge)
     if kw:
         raise ValueError(f"unknown keyword(s) {sorted(kw)}")
     if not (isinstance(max_iter, int) and max_iter >= 1):
@@ -460,7 +483,9 @@ def fit_mp_batch(matrices: Iterable[Any], **kw: Any) -> list[MPFit]:
     out: list[MPFit | None] = [None] * len(mats)
     for shp, idx in groups.items():
         ev = _batched_eigenvalues([mats[i] for i in idx], shp)
-        fits = _fit_core(ev, shp, method, float(delta), float(alpha), beta, max_iter, max_rank_fraction)
+        fits = _fit_core(
+            ev, shp, method, float(delta), float(alpha), beta, max_iter, max_rank_fraction, rcb_edge
+        )
         for i, f in zip(idx, fits):
             out[i] = f
     return [f for f in out if f is not None]
@@ -498,6 +523,8 @@ def spike_recovery_trial(
     beta = _resolve_beta(fit_kw.pop("beta", None), bool(fit_kw.pop("authors_convention", False)))
     max_iter = int(fit_kw.pop("max_iter", 20))
     max_rank_fraction = float(fit_kw.pop("max_rank_fraction", 0.5))
+    rcb_edge = str(fit_kw.pop("rcb_edge", "full"))
+    _check_rcb_edge(rcb_edge)
     if fit_kw:
         raise ValueError(f"unknown keyword(s) {sorted(fit_kw)}")
     for m in methods:
@@ -523,8 +550,8 @@ def spike_recovery_trial(
         ev_n = _batched_eigenvalues(noise, shp)
         for m in methods:
             t0 = time.perf_counter()
-            fs = _fit_core(ev_s, shp, m, delta, alpha, beta, max_iter, max_rank_fraction)
-            fn = _fit_core(ev_n, shp, m, delta, alpha, beta, max_iter, max_rank_fraction)
+            fs = _fit_core(ev_s, shp, m, delta, alpha, beta, max_iter, max_rank_fraction, rcb_edge)
+            fn = _fit_core(ev_n, shp, m, delta, alpha, beta, max_iter, max_rank_fraction, rcb_edge)
             r = res[m]
             r["sec"].append(time.perf_counter() - t0)
             for f, k in zip(fs, truth):
