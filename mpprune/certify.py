@@ -67,6 +67,8 @@ __all__ = [
     "GateResult",
     "LayerCertificate",
     "NotPiecewiseLinear",
+    "ProbeBudgetExceeded",
+    "AUTO_MAX_PROBES",
     "SecondMoments",
     "capture_covariance",
     "capture_layer",
@@ -78,6 +80,14 @@ __all__ = [
 
 ESTIMATORS = ("auto", "pl_exact", "segment_max_slope", "product_norm")
 _SOUND = {"pl_exact": True, "segment_max_slope": False, "product_norm": True}
+# "auto" tries the exact piecewise-linear bound with at most this many probes (linear pieces) per batch and
+# falls back to the labelled segment_max_slope ESTIMATE beyond it (e.g. the first conv of a CNN, whose
+# tail switches ~2,000 ReLU/max states per sample). An explicit estimator="pl_exact" uses max_probes.
+AUTO_MAX_PROBES = 1000
+
+
+class ProbeBudgetExceeded(ValueError):
+    """``pl_exact`` needed more probes (linear pieces) than its budget allows."""
 
 
 class NotPiecewiseLinear(ValueError):
@@ -854,7 +864,9 @@ def _pl_exact(seg: _Segment, x: torch.Tensor, tol: float, max_probes: int) -> tu
             live = np.ones(len(bound), dtype=bool)
         probes += 1
         if probes > max_probes:
-            raise ValueError(f"layer {seg.name!r}: pl_exact needs more than max_probes={max_probes} probes")
+            raise ProbeBudgetExceeded(
+                f"layer {seg.name!r}: pl_exact needs more than max_probes={max_probes} probes per batch"
+            )
         a = np.full(len(bound), 0.5)
         b = np.full(len(bound), 0.5)
         for k in np.flatnonzero(live):
@@ -1023,12 +1035,15 @@ def certify_layer(
         B = x.shape[0]
         pieces = None
         if used in ("auto", "pl_exact"):
+            budget = max_probes if est == "pl_exact" else min(max_probes, AUTO_MAX_PROBES)
             try:
-                eta_b, pieces = _pl_exact(seg, x, tol, max_probes)
+                eta_b, pieces = _pl_exact(seg, x, tol, budget)
                 used = "pl_exact"
-            except NotPiecewiseLinear as e:
-                if used == "pl_exact":
+            except (NotPiecewiseLinear, ProbeBudgetExceeded) as e:
+                if est == "pl_exact":
                     raise
+                # Any batch already certified exactly keeps its (sound) values; the layer as a whole is
+                # labelled with the weaker estimator.
                 used = "segment_max_slope"
                 notes.append(f"auto: {e}; fell back to the segment_max_slope ESTIMATE")
         if used == "segment_max_slope":

@@ -142,9 +142,10 @@ def _per_layer_certified(obj: Any) -> dict[str, float]:
 def mnist_certified_pruning(out: Path, quick: bool = False, estimator: str | None = None) -> dict[str, Any]:
     """SEB s = 0.5 on the real MNIST CNN behind Gate(min_certified=0.99); save, reload, compare.
 
-    ``estimator`` is the gate's L_s estimator: default ``"auto"`` (the sound exact piecewise-linear max
-    slope) for the full run; ``quick`` defaults to ``"segment_max_slope"`` (an ESTIMATE, labelled so) on
-    200 digits, because the exact estimator is slow on the conv layers on a CPU.
+    ``estimator`` is the gate's L_s estimator: default ``"auto"`` for the full run on 256 digits (the sound
+    exact piecewise-linear max slope wherever it fits the probe budget ``certify.AUTO_MAX_PROBES``; the first
+    conv, ~2,000 linear pieces per digit, gets the labelled estimate); ``quick`` defaults to
+    ``"segment_max_slope"`` (an ESTIMATE, labelled so) on 128 digits.
     """
     if importlib.util.find_spec("mpprune.certify") is None:
         msg = "mpprune.certify is not available yet: the certified MNIST pruning is skipped"
@@ -156,7 +157,7 @@ def mnist_certified_pruning(out: Path, quick: bool = False, estimator: str | Non
     from mpprune.models import asset_path, load_mnist_cnn
     from mpprune.pipeline import model_spec
 
-    n_calib = 200 if quick else 1000
+    n_calib = 128 if quick else 256
     est = estimator or ("segment_max_slope" if quick else "auto")
     dense = load_mnist_cnn()
     train, val = mnist_digits("train"), mnist_digits("val")

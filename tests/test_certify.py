@@ -12,9 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+import mpprune.certify as C
 from mpprune.certify import (
     Gate,
     NotPiecewiseLinear,
+    ProbeBudgetExceeded,
     capture_covariance,
     capture_layer,
     certify,
@@ -134,6 +136,25 @@ def test_mnist_conv_pl_exact_sound(mnist, digits):
     e = certify_layer(mnist, "conv_layers.6", S, [x], "segment_max_slope")
     assert e.estimator == "segment_max_slope" and not e.sound
     assert np.all(e.eta <= c.eta * (1 + 1e-9))  # grid slopes never exceed the exact max slope
+
+
+def test_auto_probe_budget_falls_back_to_labelled_estimate(mnist, digits, monkeypatch):
+    """Past its probe budget "auto" reports the labelled estimate (and why); explicit pl_exact raises."""
+    x = digits[0][0][:6]
+    S = magnitude(mnist.conv_layers[6].weight.detach(), 0.5)
+    exact = certify_layer(mnist, "conv_layers.6", S, [x], "pl_exact")
+    assert exact.pieces is not None and int(np.max(exact.pieces)) > 3  # the budget below really binds
+    monkeypatch.setattr(C, "AUTO_MAX_PROBES", 3)
+    c = certify_layer(mnist, "conv_layers.6", S, [x, x], "auto")
+    assert c.estimator == "segment_max_slope" and not c.sound
+    assert any("max_probes=3" in n for n in c.notes)
+    assert np.all(c.eta[:6] <= exact.eta * (1 + 1e-9))  # grid slopes never exceed the exact max slope
+    with pytest.raises(ProbeBudgetExceeded, match="conv_layers.6"):
+        certify_layer(mnist, "conv_layers.6", S, [x], "pl_exact", max_probes=3)
+    monkeypatch.setattr(C, "AUTO_MAX_PROBES", 10_000)
+    again = certify_layer(mnist, "conv_layers.6", S, [x, x], "auto")  # two batches, both exact
+    assert again.estimator == "pl_exact" and again.sound
+    np.testing.assert_allclose(again.eta[6:], exact.eta, rtol=1e-12)
 
 
 def test_mnist_inner_convs_equal_independent_exact(mnist, digits):
