@@ -56,6 +56,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from mpprune.data import require_train_split
 from mpprune.layers import find_layers
 from mpprune.masks import MaskStore
 
@@ -98,22 +99,11 @@ class NotPiecewiseLinear(ValueError):
 # calibration data
 
 
-def _check_split(data: Any) -> None:
-    obj = data
-    for _ in range(5):
-        if obj is None:
-            return
-        split = getattr(obj, "split", None)
-        if split is not None and not callable(split) and str(split) != "train":
-            raise ValueError(f"calibration must come from the training split, got split={split!r}")
-        obj = getattr(obj, "dataset", None)
-
-
 def _materialise(calibration: Any) -> Any:
     """A re-iterable view of ``calibration`` (one-shot iterators are turned into a list)."""
     if calibration is None:
         raise ValueError("calibration is None: certificates need calibration batches from the train split")
-    _check_split(calibration)
+    require_train_split(calibration, "calibration")
     if isinstance(calibration, (torch.Tensor, tuple)):
         return [calibration]
     if not isinstance(calibration, Iterable):
@@ -128,7 +118,7 @@ def iter_calibration(calibration: Any) -> Iterator[tuple[torch.Tensor, torch.Ten
 
     Raises ValueError for a validation/test split, an empty set, empty batches or non-finite inputs.
     """
-    _check_split(calibration)
+    require_train_split(calibration, "calibration")
     n = 0
     for item in calibration:
         if isinstance(item, torch.Tensor):

@@ -25,6 +25,7 @@ __all__ = [
     "SPLITS",
     "SplitDataset",
     "stratified_split_indices",
+    "require_train_split",
     "mnist_digits",
     "sklearn_digits",
     "image_folder",
@@ -78,6 +79,20 @@ class SplitDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"SplitDataset(split={self.split!r}, n={len(self)}, classes={len(np.unique(self.targets))})"
+
+
+def require_train_split(data: Any, what: str = "calibration") -> None:
+    """Refuse data whose ``.split`` -- or that of a wrapped ``.dataset`` (DataLoader, Subset, up to four
+    levels) -- is present and is not ``"train"`` (DESIGN: calibration and selection data come from a
+    training split only)."""
+    obj = data
+    for _ in range(5):
+        if obj is None:
+            return
+        split = getattr(obj, "split", None)
+        if split is not None and not callable(split) and str(split) != "train":
+            raise ValueError(f"{what} must come from the training split, got split={split!r}")
+        obj = getattr(obj, "dataset", None)
 
 
 def stratified_split_indices(

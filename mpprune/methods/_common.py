@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mpprune.data import require_train_split
 from mpprune.layers import find_layers, matrix_blocks
 from mpprune.masks import weight_of
 
@@ -80,17 +81,7 @@ def target_layers(model: nn.Module, include: Include = None) -> list[Target]:
     return targets
 
 
-def check_split(data: Any, what: str) -> None:
-    """Refuse data whose ``.split`` -- or that of a wrapped ``.dataset`` (DataLoader, Subset, up to four
-    levels) -- is present and is not ``"train"``."""
-    obj = data
-    for _ in range(5):
-        if obj is None:
-            return
-        split = getattr(obj, "split", None)
-        if split is not None and not callable(split) and str(split) != "train":
-            raise ValueError(f"{what} must come from the training split, got split={split!r}")
-        obj = getattr(obj, "dataset", None)
+check_split = require_train_split  # one rule for every entry point (mpprune.data)
 
 
 # --------------------------------------------------------------------------------------------------
