@@ -510,7 +510,7 @@ FIGURES: list[FigureSpec] = [
     FigureSpec("width_scaling", fig_width_scaling, "Width scaling (item 11)", ("G1", "G2"),
                "Mean G1 bound τ_N(s) on test inputs and test accuracy of trained 3-layer nets vs width N, "
                "for PyTorch's default and a Gaussian N(0, 1/fan_in) initialisation. In this small CPU "
-               "experiment τ_N grows with N for trained nets (‖W₃‖∞ and ‖W₁s‖₂ grow faster than "
+               "experiment τ_N grows with N for trained nets (‖W₃‖∞·‖W₁s‖₂ grows faster than "
                "√(N/log N)), i.e. G1's asymptotic premise a(N, s) → 0 is not reached at these widths."),
     FigureSpec("certificate_tightness", fig_certificate_tightness, "Certificate tightness per L_s estimator",
                ("D1",), "Realised ‖Δz‖∞ after full removal vs η_s on random small ReLU nets; sound "
