@@ -26,8 +26,7 @@ import torch
 from torch import nn
 
 from benchmarks._common import write_json
-
-ESTIMATORS = ("auto", "pl_exact", "segment_max_slope", "product_norm")
+from mpprune.certify import ESTIMATORS
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mpprune import pipeline as P
+from mpprune.certify import ESTIMATORS
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT"]
 
@@ -326,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "figures, and the real MNIST CNN pruned with SEB behind a gate.")
     d.add_argument("--out", default="out/demo", metavar="DIR", help="output directory (out/demo)")
     d.add_argument("--quick", action="store_true", help="smaller calibration/evaluation sets")
-    d.add_argument("--estimator", choices=("auto", "pl_exact", "segment_max_slope", "product_norm"),
+    d.add_argument("--estimator", choices=ESTIMATORS,
                    help="the gate's L_s estimator (default: auto = sound; --quick: segment_max_slope)")
     d.add_argument("--json", metavar="FILE", help=jhelp)
     d.set_defaults(func=cmd_demo)
