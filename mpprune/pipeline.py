@@ -21,19 +21,16 @@ resumes at the first stage that did not complete.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import datetime as _dt
 import hashlib
 import json
-import math
 import os
 import shutil
 import subprocess
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +39,7 @@ import torch
 from torch import nn
 
 from mpprune.masks import MaskStore, check_legal, sparsity
+from mptheory.io import atomic_write_bytes, atomic_write_text, dumps_json, jsonable, make_staging_dir
 
 __all__ = [
     "BUILTIN_MODELS",
@@ -82,84 +80,8 @@ _VAL_NAMES = ("val", "valid", "validation", "test")
 
 
 # ----------------------------------------------------------------------------------------------- JSON
-def jsonable(obj: Any, _depth: int = 0) -> Any:
-    """A strict-JSON version of ``obj``: non-finite floats → None, numpy/torch scalars and arrays → Python,
-    dataclasses and objects with ``to_dict`` → dicts, anything else → ``repr``."""
-    if _depth > 40:
-        return repr(obj)
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, int):
-        return int(obj)
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, np.generic):
-        return jsonable(obj.item(), _depth + 1)
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist(), _depth + 1)
-    if isinstance(obj, torch.Tensor):
-        return jsonable(obj.detach().cpu().tolist(), _depth + 1)
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, Mapping):
-        return {str(k): jsonable(v, _depth + 1) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [jsonable(v, _depth + 1) for v in obj]
-    if hasattr(obj, "to_dict") and callable(obj.to_dict):
-        return jsonable(obj.to_dict(), _depth + 1)
-    if is_dataclass(obj) and not isinstance(obj, type):
-        from mpprune.methods._common import config_dict
-
-        try:
-            return jsonable(config_dict(obj), _depth + 1)
-        except Exception:  # noqa: BLE001 - fall back to repr for exotic dataclasses
-            return repr(obj)
-    if callable(obj):
-        return getattr(obj, "__name__", repr(obj))
-    return repr(obj)
-
-
 def _dumps(obj: Any) -> str:
-    return json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n"
-
-
-# ------------------------------------------------------------------------------------------ atomic IO
-def _umask() -> int:
-    old = os.umask(0o022)
-    os.umask(old)
-    return old
-
-
-def make_staging_dir(target: str | Path) -> Path:
-    """A fresh hidden directory next to ``target`` (same file system, so it can be renamed onto it)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    os.chmod(staging, 0o777 & ~_umask())
-    return staging
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same directory, fsync, os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """:func:`atomic_write_bytes` for UTF-8 text."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    return dumps_json(obj)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
