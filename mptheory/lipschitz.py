@@ -6,7 +6,8 @@ For one sample s the segment is ``u(theta) = u0 + theta * (u1 - u0)``, theta in 
 ``||psi_2(u(theta)) - psi_2(u(theta'))||_inf <= L_s |theta - theta'| ||R psi_1(s)||_inf``.
 
 Every estimator returns a :class:`LipschitzEstimate` with one value per sample, a ``sound`` flag
-(``True``: a guaranteed upper bound; ``False``: an estimate) and a ``name`` for reports:
+(``True``: a guaranteed upper bound; ``False``: an estimate) and the estimator's ``name`` from
+:data:`ESTIMATORS` -- the one list of names that mpprune's certificate engine uses too:
 
 * :func:`affine_tail` -- exact for an affine tail ``W3 v + b3`` (and sound for ``W3 relu(v) + b3``):
 ||W3||_inf.
@@ -33,6 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "ESTIMATORS",
+    "EstimatorInfo",
     "Abs",
     "LipschitzEstimate",
     "affine_tail",
@@ -45,6 +48,29 @@ __all__ = [
 ]
 
 Tail = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class EstimatorInfo:
+    """One L_s estimator: its canonical ``name`` (used in reports, configs and the CLI), whether it is a
+    ``sound`` upper bound or an estimate, and a one-line ``summary``."""
+
+    name: str
+    sound: bool
+    summary: str
+
+
+# The one list of L_s estimator names, shared by mptheory (functions below, certificates) and mpprune
+# (the certificate engine on real models). A name means the same bound everywhere.
+ESTIMATORS: dict[str, EstimatorInfo] = {
+    e.name: e
+    for e in (
+        EstimatorInfo("affine", True, "exact for an affine tail (||W||_inf), sound for W relu(v) + b"),
+        EstimatorInfo("pl_exact", True, "exact largest slope along the segment of a piecewise-linear tail"),
+        EstimatorInfo("product_norm", True, "product of induced inf-norms through 1-Lipschitz activations"),
+        EstimatorInfo("segment_max_slope", False, "largest directional Jacobian slope on a theta grid"),
+    )
+}
 
 
 class Abs(nn.Module):
@@ -194,7 +220,7 @@ def affine_tail(
         rows = int(W3.shape[0])
         if nb != rows:
             raise ValueError(f"b3 has {nb} entries but W3 has {rows} rows (shape {tuple(W3.shape)})")
-    return LipschitzEstimate(_per_sample(L, n_samples), True, "affine_tail")
+    return LipschitzEstimate(_per_sample(L, n_samples), True, "affine")
 
 
 _ONE_LIPSCHITZ = (
@@ -253,7 +279,7 @@ def product_bound(layers: nn.Module | Iterable[nn.Module], n_samples: int = 1) -
             unsupported.append(type(m).__name__)
     if unsupported:
         raise ValueError(f"product_bound: unsupported modules {sorted(set(unsupported))}")
-    return LipschitzEstimate(_per_sample(L, n_samples), True, "product_bound")
+    return LipschitzEstimate(_per_sample(L, n_samples), True, "product_norm")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -413,7 +439,7 @@ def piecewise_linear_segment(
     sid, lo, hi, sl = pc.sid[order], pc.lo[order], pc.hi[order], slopes[order]
     pieces = tuple(np.append(lo[sid == s], hi[sid == s][-1:]) for s in range(B))
     per_slopes = tuple(sl[sid == s] for s in range(B))
-    return LipschitzEstimate(L, True, "piecewise_linear_segment", pieces, per_slopes)
+    return LipschitzEstimate(L, True, "pl_exact", pieces, per_slopes)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -440,7 +466,7 @@ def jacobian_segment(
         best = np.maximum(best, jv.detach().reshape(jv.shape[0], -1).abs().amax(dim=1).double().numpy())
     norm = _direction_norm(a0, a1)
     L = np.divide(best, norm, out=np.zeros_like(best), where=norm > 0)
-    return LipschitzEstimate(L, False, f"jacobian_segment[{int(n_theta)}]")
+    return LipschitzEstimate(L, False, "segment_max_slope")
 
 
 def realised_ratio(
