@@ -34,6 +34,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from mpprune.layers import DEFAULT_MIN_DIM, LayerInfo, find_layers, matrix_blocks
+from mptheory.mp import batched_eigenvalues
 
 __all__ = ["LayerSpectrum", "SpectrumReport", "analyze", "layer_statistics", "HILL_K"]
 
@@ -252,15 +253,6 @@ def _select(infos: list[LayerInfo], include: Include) -> list[LayerInfo]:
     return [i for i in infos if id(i.module) in mod_ids or i.name in names]
 
 
-def _eigenvalues_batched(mats: list[torch.Tensor]) -> FloatArray:
-    """Ascending MP-scale eigenvalues (B, p) of equal-shape matrices: one batched float64 eigvalsh."""
-    n_rows, n_cols = mats[0].shape
-    stack = torch.stack([m.detach().to("cpu", torch.float64) for m in mats]).numpy()
-    gram = stack @ stack.transpose(0, 2, 1) if n_rows <= n_cols else stack.transpose(0, 2, 1) @ stack
-    ev = np.linalg.eigvalsh(gram) / float(max(n_rows, n_cols))  # LAPACK via numpy: faster than torch on CPU
-    return np.maximum(ev, 0.0)
-
-
 def analyze(
     model: nn.Module,
     *,
@@ -319,7 +311,7 @@ def analyze(
     bar = tqdm(total=len(blocks), desc="analyze", unit="layer", disable=not progress)
     try:
         for shape, idx in groups.items():
-            ev = _eigenvalues_batched([blocks[j][2] for j in idx])
+            ev = batched_eigenvalues([blocks[j][2] for j in idx])
             for row, j in enumerate(idx):
                 info, bname, _ = blocks[j]
                 lam = ev[row]

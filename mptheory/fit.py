@@ -59,7 +59,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import stats
 
-from mptheory.mp import MarchenkoPastur, eigenvalues_from_matrix
+from mptheory.mp import MarchenkoPastur, batched_eigenvalues, eigenvalues_from_matrix
 from mptheory.spikes import gd_lambda_star, make_spiked_matrix, mp_median_unit
 from mptheory.tracy_widom import TracyWidom
 
@@ -439,17 +439,6 @@ def _check_rcb_edge(rcb_edge: str) -> None:
         raise ValueError(f"rcb_edge must be 'full' or 'deflated', got {rcb_edge!r}")
 
 
-def _batched_eigenvalues(mats: list[NDArray[np.float64]], shape: tuple[int, int]) -> FloatArray:
-    """Ascending eigenvalues (B, p) of the smaller Gram matrices / max(N, M): one batched ``eigvalsh``."""
-    N, M = shape
-    p, n = min(shape), max(shape)
-    gram = np.empty((len(mats), p, p), dtype=np.float64)
-    for i, A in enumerate(mats):
-        np.matmul(A, A.T, out=gram[i]) if N <= M else np.matmul(A.T, A, out=gram[i])
-    ev = np.linalg.eigvalsh(gram) / float(n)
-    return np.maximum(ev, 0.0)
-
-
 def fit_mp_batch(matrices: Iterable[Any], **kw: Any) -> list[MPFit]:
     """Fit many matrices at once; same keywords and results as :func:`fit_mp` (order preserved).
 
@@ -482,7 +471,7 @@ def fit_mp_batch(matrices: Iterable[Any], **kw: Any) -> list[MPFit]:
         groups.setdefault(shp, []).append(i)
     out: list[MPFit | None] = [None] * len(mats)
     for shp, idx in groups.items():
-        ev = _batched_eigenvalues([mats[i] for i in idx], shp)
+        ev = batched_eigenvalues([mats[i] for i in idx])
         fits = _fit_core(
             ev, shp, method, float(delta), float(alpha), beta, max_iter, max_rank_fraction, rcb_edge
         )
@@ -546,8 +535,8 @@ def spike_recovery_trial(
             spiked.append(sm.W)
             truth.append(sm.n_detectable)
             noise.append(make_spiked_matrix(shape, (), sigma2=sigma2, rng=rng).W)
-        ev_s = _batched_eigenvalues(spiked, shp)
-        ev_n = _batched_eigenvalues(noise, shp)
+        ev_s = batched_eigenvalues(spiked)
+        ev_n = batched_eigenvalues(noise)
         for m in methods:
             t0 = time.perf_counter()
             fs = _fit_core(ev_s, shp, m, delta, alpha, beta, max_iter, max_rank_fraction, rcb_edge)

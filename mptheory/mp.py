@@ -46,6 +46,7 @@ __all__ = [
     "mp_edges",
     "sigma_plus",
     "eigenvalues_from_matrix",
+    "batched_eigenvalues",
     "median",
     "narayana",
 ]
@@ -321,6 +322,32 @@ def eigenvalues_from_matrix(W: Any) -> FloatArray:
         raise ValueError(f"W of shape {A.shape} contains {bad} non-finite (NaN/Inf) entries")
     gram = A @ A.T if n <= m else A.T @ A
     ev = np.linalg.eigvalsh(gram) / float(max(n, m))
+    return np.maximum(ev, 0.0)
+
+
+def batched_eigenvalues(matrices: Sequence[Any]) -> FloatArray:
+    """Ascending MP-scale eigenvalues, shape (B, p), of B matrices of one shape (N, M), p = min(N, M).
+
+    The batched twin of :func:`eigenvalues_from_matrix` (same convention: smaller Gram matrix in float64,
+    divided by max(N, M), round-off clipped at 0): one stacked ``(B, p, p)`` Gram array and one batched
+    LAPACK ``eigvalsh``. Accepts numpy arrays and torch tensors; the caller checks finiteness.
+    """
+    if len(matrices) == 0:
+        raise ValueError("batched_eigenvalues needs at least one matrix")
+    mats = [
+        m.detach().cpu().double().numpy() if hasattr(m, "detach") else np.asarray(m, dtype=np.float64)
+        for m in matrices
+    ]
+    shape = mats[0].shape
+    if len(shape) != 2 or any(m.shape != shape for m in mats):
+        shapes = [m.shape for m in mats[:3]]
+        raise ValueError(f"batched_eigenvalues needs 2-D matrices of one shape; got {shapes}")
+    N, M = shape
+    p = min(N, M)
+    gram = np.empty((len(mats), p, p), dtype=np.float64)
+    for i, A in enumerate(mats):
+        np.matmul(A, A.T, out=gram[i]) if N <= M else np.matmul(A.T, A, out=gram[i])
+    ev = np.linalg.eigvalsh(gram) / float(max(N, M))  # LAPACK via numpy: faster than torch on CPU
     return np.maximum(ev, 0.0)
 
 
