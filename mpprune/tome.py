@@ -20,7 +20,8 @@ What is merged, and where
 How sizes propagate
     Every token carries a size: the number of original patches it stands for (prefix tokens: 1). A
     merge replaces the B token by the size-weighted mean of itself and its A partners, and its size by
-    the sum of their sizes; tokens that are not merged keep their values bit for bit. The kept tokens
+    the sum of their sizes (kept in at least float32, so counts stay exact under bf16 or autocast);
+    tokens that are not merged keep their values bit for bit. The kept tokens
     stay in their original order (prefix first), so a token's position stays meaningful. With
     *proportional attention* (``prop_attn=True``) the log of the key sizes is added to the attention
     logits, passed to timm's own ``Attention`` as a float ``attn_mask`` (SDPA and the explicit
@@ -96,7 +97,7 @@ __all__ = [
     "ToMeVisionTransformerDistilled",
 ]
 
-RSpec = int | Sequence[int] | tuple[int, float]
+RSpec = int | list[int] | tuple[int, float]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -139,7 +140,7 @@ def resolve_r(r: RSpec, depth: int) -> list[int]:
         if len(r) != depth:
             raise BadInput(f"ToMe: a list r needs one entry per block ({depth}), got {len(r)}")
         return [_int(v, f"r[{i}]") for i, v in enumerate(r)]
-    if isinstance(r, Sequence) or isinstance(r, str):
+    if isinstance(r, Sequence):
         raise BadInput(f"ToMe: r must be an int, a list (one per block) or (r, inflection), got {r!r}")
     return [_int(r, "r")] * depth
 

@@ -399,6 +399,22 @@ def test_no_grad_and_autograd() -> None:
     assert tome_token_counts(model) == tome_schedule(50, 1, [5, 5, 5])
 
 
+def test_low_precision_and_autocast_keep_exact_sizes() -> None:
+    model = apply_tome(_vit(reg_tokens=1, global_pool="avg").float(), 6)
+    x = _images().float()
+    for fused in (True, False):
+        _set_fused(model, fused)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = model(x)
+        sizes = tome_sizes(model)
+        assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+        assert sizes is not None and sizes.dtype == torch.float32
+        assert (sizes[:, 2:].sum(dim=(1, 2)) == 49).all()
+    model.to(torch.bfloat16)
+    assert torch.isfinite(model(x.bfloat16())).all()
+    assert tome_token_counts(model) == tome_schedule(51, 2, [6, 6, 6])
+
+
 # --------------------------------------------------------------------------------------------------
 # refusals
 
