@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-import mpprune.certify as C
+import mpprune.certify.estimators
 from mpprune.certify import (
     Gate,
     NotPiecewiseLinear,
@@ -25,6 +25,7 @@ from mpprune.certify import (
 from mpprune.data import calibration_batches, mnist_digits
 from mpprune.masks import MaskStore
 from mpprune.models import load_mnist_cnn, tiny_mlp
+from mptheory.errors import Refusal
 from mptheory.lipschitz import piecewise_linear_segment
 
 
@@ -144,14 +145,14 @@ def test_auto_probe_budget_falls_back_to_labelled_estimate(mnist, digits, monkey
     S = magnitude(mnist.conv_layers[6].weight.detach(), 0.5)
     exact = certify_layer(mnist, "conv_layers.6", S, [x], "pl_exact")
     assert exact.pieces is not None and int(np.max(exact.pieces)) > 3  # the budget below really binds
-    monkeypatch.setattr(C, "AUTO_MAX_PROBES", 3)
+    monkeypatch.setattr(mpprune.certify.estimators, "AUTO_MAX_PROBES", 3)
     c = certify_layer(mnist, "conv_layers.6", S, [x, x], "auto")
     assert c.estimator == "segment_max_slope" and not c.sound
     assert any("max_probes=3" in n for n in c.notes)
     assert np.all(c.eta[:6] <= exact.eta * (1 + 1e-9))  # grid slopes never exceed the exact max slope
     with pytest.raises(ProbeBudgetExceeded, match="conv_layers.6"):
         certify_layer(mnist, "conv_layers.6", S, [x], "pl_exact", max_probes=3)
-    monkeypatch.setattr(C, "AUTO_MAX_PROBES", 10_000)
+    monkeypatch.setattr(mpprune.certify.estimators, "AUTO_MAX_PROBES", 10_000)
     again = certify_layer(mnist, "conv_layers.6", S, [x, x], "auto")  # two batches, both exact
     assert again.estimator == "pl_exact" and again.sound
     np.testing.assert_allclose(again.eta[6:], exact.eta, rtol=1e-12)
@@ -224,7 +225,7 @@ def test_cached_prefix_with_shared_modules_matches_finite_differences(twice):
     if twice:  # z is quadratic in theta on each piece: no pl_exact, the labelled grid estimate instead
         with pytest.raises(NotPiecewiseLinear, match="own output"):
             certify_layer(model, "mid", S, [x], "pl_exact")
-        with pytest.raises(ValueError, match="called 2 times"):
+        with pytest.raises(Refusal, match="called 2 times"):
             certify_layer(model, "mid", S, [x], "product_norm")
         e = certify_layer(model, "mid", S, [x], "auto")
         assert e.estimator == "segment_max_slope" and not e.sound
@@ -251,7 +252,7 @@ def test_smooth_tail_falls_back_to_labelled_estimate():
     c = certify_layer(model, "0", S, [x], "auto")
     assert c.estimator == "segment_max_slope" and c.sound is False
     assert any("fell back" in n for n in c.notes)
-    with pytest.raises(ValueError, match="product_norm"):
+    with pytest.raises(Refusal, match="product_norm"):
         certify_layer(model, "0", S, [x], "product_norm")
 
 
@@ -273,7 +274,7 @@ def test_residual_tail_pl_exact_but_no_product():
     assert c.estimator == "pl_exact" and c.violations == 0
     fd = _fd_slopes(model, "a", S, model.a.weight.detach() - S, x, 2001)
     assert np.all(fd <= c.eta[None, :] * (1 + 1e-7) + 1e-9)
-    with pytest.raises(ValueError, match="residual"):
+    with pytest.raises(Refusal, match="residual"):
         certify_layer(model, "a", S, [x], "product_norm")
 
 
