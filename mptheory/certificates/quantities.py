@@ -211,21 +211,21 @@ class ElasticNet:
             if not np.isfinite(v) or v < 0:
                 raise ValueError(f"{nm} must be finite and >= 0, got {v}")
         for nm in ("gamma1", "gamma2"):
-            g = getattr(self, nm)
-            if g is not None:
-                g = np.asarray(g, dtype=np.float64)
-                if not np.all(np.isfinite(g)) or np.any(g < 0):
-                    raise ValueError(f"{nm} must be finite and >= 0 (shape {g.shape})")
-                object.__setattr__(self, nm, g)
+            gam = getattr(self, nm)
+            if gam is not None:
+                gam = np.asarray(gam, dtype=np.float64)
+                if not np.all(np.isfinite(gam)) or np.any(gam < 0):
+                    raise ValueError(f"{nm} must be finite and >= 0 (shape {gam.shape})")
+                object.__setattr__(self, nm, gam)
 
     def penalty(self, W: np.ndarray) -> float:
         W = np.asarray(W, dtype=np.float64)
         p = self.lam2 * float(np.sum(W * W)) + self.lam1 * float(np.sum(np.abs(W)))
-        for g, f in ((self.gamma2, W * W), (self.gamma1, np.abs(W))):
-            if g is not None:
-                if g.shape != W.shape:
-                    raise ValueError(f"gamma weights have shape {g.shape}, layer has shape {W.shape}")
-                p += float(np.sum(g * f))
+        for gam, f in ((self.gamma2, W * W), (self.gamma1, np.abs(W))):
+            if gam is not None:
+                if gam.shape != W.shape:
+                    raise ValueError(f"gamma weights have shape {gam.shape}, layer has shape {W.shape}")
+                p += float(np.sum(gam * f))
         return p
 
     def __call__(self, net: SplitNetwork, W: np.ndarray) -> float:
