@@ -94,6 +94,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_figures(args: argparse.Namespace) -> int:
     from mptheory.figures import make_all
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise BadInput(f"--out {args.out} exists and is not a folder")
     t0 = time.perf_counter()
     manifest = make_all(args.out, quick=args.quick, only=args.only)
     for entry in manifest["figures"]:

@@ -120,6 +120,8 @@ def test_quick_figures_are_valid_pngs(tmp_path: Path) -> None:
 def test_unknown_figure_name_is_an_error(tmp_path: Path) -> None:
     assert cli.main(["figures", "--out", str(tmp_path), "--only", "nope"]) == EXIT_BAD_INPUT
     assert list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_text("x")
+    assert cli.main(["figures", "--out", str(tmp_path / "file"), "--only", "bbp_map"]) == EXIT_BAD_INPUT
 
 
 @pytest.mark.slow

@@ -46,6 +46,13 @@ def test_registry_rejects_unknown_name() -> None:
         run_all(["no_such_check"])
 
 
+def test_cli_help_names_the_exit_codes(capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert e.value.code == 0 and "exit codes" in out and "2 bad input" in out and "3 refused" in out
+
+
 def test_cli_writes_json_and_exit_code(tmp_path) -> None:
     out = tmp_path / "checks.json"
     assert main(["bbp", "budget_algebra", "--json", str(out)]) == 0
@@ -56,6 +63,14 @@ def test_cli_writes_json_and_exit_code(tmp_path) -> None:
     assert main(["no_such_check", "--json", str(tmp_path / "x.json")]) == 2
     assert main(["bbp", "--json", str(tmp_path / "missing" / "x.json")]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checks.json"]
+
+
+def test_cli_exit_code_3_when_a_check_fails(monkeypatch, capsys) -> None:
+    failing = CheckResult.symbolic(False, name="bbp", statement="a broken lemma", claims=["G13"],
+                                   steps=["FAIL broken step"])
+    monkeypatch.setitem(SYMBOLIC_CHECKS, "bbp", lambda: failing)
+    assert main(["bbp"]) == 3
+    assert "[FAIL] bbp — FAIL broken step" in capsys.readouterr().out
 
 
 def test_run_all_returns_one_symbolic_result_per_check() -> None:
