@@ -20,7 +20,9 @@ and :func:`multilayer_budgets` splits a total δ and reports the split.
 
 The Monte-Carlo checks (:func:`check_r1` … :func:`check_r5`) draw R independently of
 (L, V), count draws where the realised budget exceeds the bound, and accept when the observed
-failure rate is at most δ + 3√(δ(1−δ)/K) (K draws).  They accept a deliberately wrong ``constant``
+failure rate is at most δ + 3√(δ(1−δ)/K) (K draws: :func:`mptheory.verdict.binomial_max_rate`) and
+return a probabilistic :class:`mptheory.verdict.CheckResult` (:func:`budget_result`; its one tightness
+value is the mean realised/bound ratio of the run).  They accept a deliberately wrong ``constant``
 so negative controls can show that the checker catches a bound that is too small.
 """
 
