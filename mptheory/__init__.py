@@ -7,6 +7,31 @@ Public surface (loaded lazily so that ``import mptheory`` stays cheap)::
     mpt.TracyWidom(beta=1).ppf(0.95)                    # Tracy–Widom laws (beta = 1, 2)
     fit = mpt.fit_mp(W)                                 # MP fit: sigma2, edges, spikes, goodness of fit
 
+Parameter vocabulary (one name, one meaning, in every module and docstring):
+
+==============  ===========================================================================================
+name            meaning
+==============  ===========================================================================================
+``ratio``       aspect ratio ``c = min(N, M)/max(N, M) ∈ (0, 1]`` (formulas write it ``c``)
+``sigma2``      noise variance σ². On the raw MP scale (:mod:`~mptheory.mp`, :mod:`~mptheory.fit`, the raw
+                :mod:`~mptheory.spikes` functions) the per-entry variance of W; in the normalised model
+                (noise entries N(0, σ²/n): :mod:`~mptheory.budgets`, :mod:`~mptheory.dynamics`, the
+                normalised and square :mod:`~mptheory.spikes` functions) n × the per-entry variance — the
+                digest calls this ``g``. Each docstring says which.
+``sigma``       √σ², the noise standard deviation
+``theta``       a signal singular value (or eigenvalue, where the function says so)
+``beta``        only the Dyson index of :class:`~mptheory.tracy_widom.TracyWidom` (1 or 2)
+``delta``       a failure probability / confidence level 1 − δ (noise edges, budgets, thresholds)
+``tw_level``    the authors' Tracy–Widom level for the opt-in edge of :func:`~mptheory.fit.fit_mp`
+                (``authors_convention=True`` sets 0.8)
+``alpha``       the BEMA quantile trimming of :func:`~mptheory.fit.fit_mp`
+``c``           only the sub-Gaussian constant of :mod:`~mptheory.budgets` (R3/R5)
+``method``      an MP fit method (``"rcb"``, ``"bema"``, ``"gd"``) or, for L_s, an estimator name of
+                :data:`mptheory.lipschitz.ESTIMATORS` (``"affine"``, ``"pl_exact"``, ``"product_norm"``,
+                ``"segment_max_slope"``)
+``kind``        how a :class:`~mptheory.verdict.CheckResult` is decided (:data:`mptheory.verdict.KINDS`)
+==============  ===========================================================================================
+
 Arrows point one way: ``mpprune`` imports ``mptheory``; ``mptheory`` never imports ``mpprune`` or timm.
 """
 

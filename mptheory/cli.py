@@ -2,19 +2,24 @@
 
 ``mptheory verify [--quick] [--json FILE] [--only ID ...] [--seed N]`` prints the verdict table, the
 negative-control table and the symbolic section, writes ``{"claims": [...], ...}`` to FILE, and exits
-1 if any claim fails or any negative control is missed. ``mptheory figures --out DIR [--quick]`` writes
-the PNGs and ``DIR/manifest.json``.
+3 ("refused") if any claim fails or any negative control is missed. ``mptheory figures --out DIR [--quick]``
+writes the PNGs and ``DIR/manifest.json``. Files are written only through :mod:`mptheory.io` (atomic,
+strict JSON); exit codes follow :mod:`mptheory.errors` (0 success, 2 bad input with nothing written,
+3 refused, 1 internal error).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
+
+from mptheory.errors import EXIT_CODES_HELP, EXIT_INTERNAL, EXIT_OK, EXIT_REFUSED, BadInput, exit_code
+from mptheory.io import atomic_write_json
 
 __all__ = ["build_parser", "format_table", "main"]
 
@@ -30,7 +35,7 @@ def format_table(result: object) -> str:
     from mptheory.claims import VerdictList
 
     if not isinstance(result, VerdictList):
-        raise ValueError(f"expected a VerdictList, got {type(result).__name__}")
+        raise TypeError(f"expected a VerdictList, got {type(result).__name__}")
     lines = [f"{'id':<5} {'kind':<13} {'evidence':<11} {'cases':>7} {'viol':>5} {'worst slack':>12} "
              f"{'med. tight':>10} {'secs':>6}  verdict", "-" * 88]
     for v in result:
@@ -55,6 +60,18 @@ def format_table(result: object) -> str:
     return "\n".join(lines)
 
 
+def _json_target(path: str | None) -> Path | None:
+    """The JSON output path, checked before any work: its folder must exist (bad input otherwise)."""
+    if path is None:
+        return None
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise BadInput(f"--json {path}: folder {target.parent} does not exist")
+    if target.is_dir():
+        raise BadInput(f"--json {path} is a folder")
+    return target
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from mptheory.claims import REGISTRY, verify
 
@@ -63,35 +80,36 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         ids = [i.strip().upper() for part in args.only for i in part.split(",") if i.strip()]
         unknown = [i for i in ids if i not in REGISTRY]
         if unknown:
-            print(f"error: unknown claim id(s) {unknown}; known: {' '.join(REGISTRY)}", file=sys.stderr)
-            return 2
+            raise BadInput(f"unknown claim id(s) {unknown}; known: {' '.join(REGISTRY)}")
+    target = _json_target(args.json)
     result = verify(ids, quick=args.quick, progress=not args.no_progress, seed=args.seed,
                     controls=not args.no_controls)
     print(format_table(result))
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
-        print(f"wrote {path}")
-    return 0 if result.passed else 1
+    if target is not None:
+        atomic_write_json(target, result.to_dict())
+        print(f"wrote {target}")
+    return EXIT_OK if result.passed else EXIT_REFUSED
 
 
 def _cmd_figures(args: argparse.Namespace) -> int:
     from mptheory.figures import make_all
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise BadInput(f"--out {args.out} exists and is not a folder")
     t0 = time.perf_counter()
     manifest = make_all(args.out, quick=args.quick, only=args.only)
     for entry in manifest["figures"]:
         print(f"{entry['file']:<32} {entry['title']}")
     print(f"wrote {len(manifest['figures'])} figures and {Path(args.out) / 'manifest.json'} "
           f"in {time.perf_counter() - t0:.1f} s")
-    return 0
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mptheory",
         description="Numerical verification of the MP-pruning theorems (digest §2) and theory figures.",
+        epilog=EXIT_CODES_HELP,
     )
     sub = p.add_subparsers(dest="command", required=True)
     v = sub.add_parser(
@@ -99,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check every registered claim (D1–D12, R1–R5, A1–A8, G1–G15): deterministic claims as "
                     "inequalities over ≥10⁴ generated cases (a few hundred with --quick), probabilistic "
                     "ones as Monte-Carlo frequencies within a binomial tolerance. Negative controls (wrong "
-                    "bounds) must be caught. Exit code 1 if any claim fails or any control is missed.")
+                    "bounds) must be caught. Exit code 3 if any claim fails or any control is missed.",
+        epilog=EXIT_CODES_HELP)
     v.add_argument("--quick", action="store_true", help="small case counts (about a minute on 2 cores)")
     v.add_argument("--json", metavar="FILE", help="write the verdicts as JSON to FILE")
     v.add_argument("--only", nargs="+", metavar="ID", help="check only these claim ids (e.g. D1 R2 G14)")
@@ -110,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser(
         "figures", help="regenerate the theory figures and DIR/manifest.json",
         description="Write the theory figures (PNG, matplotlib Agg) and a manifest naming, for each file, "
-                    "its title, the claim ids it illustrates and a caption.")
+                    "its title, the claim ids it illustrates and a caption.",
+        epilog=EXIT_CODES_HELP)
     f.add_argument("--out", required=True, metavar="DIR", help="output directory")
     f.add_argument("--quick", action="store_true", help="smaller simulations (under two minutes)")
     f.add_argument("--only", nargs="+", metavar="NAME", help="make only these figures (by name)")
@@ -119,14 +139,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``mptheory`` console script; returns the exit code."""
+    """Entry point of the ``mptheory`` console script; returns the exit code of
+    :func:`mptheory.errors.exit_code` (bad input 2, refused 3, internal error 1 with its traceback)."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
+    except Exception as exc:  # mapped to the three kinds of error
+        code = exit_code(exc)
+        if code == EXIT_INTERNAL:
+            traceback.print_exc()
+            print(f"mptheory {args.command}: internal error ({type(exc).__name__}); please report it "
+                  "with the traceback above", file=sys.stderr)
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        return code
 
 if __name__ == "__main__":
     raise SystemExit(main())

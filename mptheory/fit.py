@@ -33,17 +33,21 @@ is the same edge on the singular-value scale.  The asymptotic edges are ``λ± =
   probability stays ≤ δ; ``rcb_edge="deflated"`` uses the ``(n−k) × (p−k)`` edge instead (more power for
   many near-threshold spikes, over-count above δ).
 
-``authors_convention=True`` (or an explicit ``beta``) switches the edge to the Ke–Ma–Lin asymptotic form
-``σ²[(1+√c)² + t_{1−β} n^{−2/3} c^{−1/6} (1+√c)^{4/3}]`` with the *correct* exponent 4/3 (digest §3.1
-documents the ``**4/3`` precedence bug of the authors' code, which we do not reproduce) and ``β = 0.8`` by
-default, i.e. the TW₁ 0.2-quantile: an edge *below* the asymptotic edge, as the authors used (opt-in only).
+``authors_convention=True`` (or an explicit ``tw_level``) switches the edge to the Ke–Ma–Lin asymptotic form
+``σ²[(1+√c)² + t_{1−ℓ} n^{−2/3} c^{−1/6} (1+√c)^{4/3}]`` with the TW₁ (1−ℓ)-quantile ``t_{1−ℓ}`` at the level
+``ℓ = tw_level`` and the *correct* exponent 4/3 (digest §3.1 documents the ``**4/3`` precedence bug of the
+authors' code, which we do not reproduce). ``authors_convention=True`` sets ``tw_level = 0.8``, i.e. the TW₁
+0.2-quantile: an edge *below* the asymptotic edge, as the authors used (opt-in only; the authors call this
+level β, a name this library keeps for the Dyson index of :class:`~mptheory.tracy_widom.TracyWidom`).
 
 **Goodness of fit**: ``fit_error`` is the Kolmogorov distance ``sup|F_emp − F_MP|`` between the empirical CDF
 of the bulk (eigenvalues ≤ edge) and the fitted bulk law (``fit.bulk_law``; rank-corrected for ``rcb``),
 over the whole bulk — not the authors' rescaled central-window statistic, whose closed-form CDF bug makes
-windows with supra-edge eigenvalues read ≈ 1.  ``ks_pvalue`` is the iid Kolmogorov–Smirnov p-value of that
-distance; eigenvalues are far more rigid than iid samples, so a small p-value is strong evidence of a
-non-MP bulk while a large one is expected for any good fit.
+windows with supra-edge eigenvalues read ≈ 1.  It is exactly the statistic of
+``scipy.stats.kstest(bulk, fit.bulk_law.cdf)`` (tested), computed here for a whole batch of layers at once
+(masked and vectorised; scipy's one-sample test would need a Python loop per layer).  ``ks_pvalue`` is the
+iid Kolmogorov–Smirnov p-value of that distance; eigenvalues are far more rigid than iid samples, so a small
+p-value is strong evidence of a non-MP bulk while a large one is expected for any good fit.
 """
 
 from __future__ import annotations
@@ -96,7 +100,7 @@ class MPFit:
     converged: bool
     bulk_shape: tuple[int, int]
     edge_convention: str
-    beta: float | None
+    tw_level: float | None
 
     @property
     def law(self) -> MarchenkoPastur:
@@ -143,7 +147,7 @@ class MPFit:
             "converged": bool(self.converged),
             "bulk_shape": [int(s) for s in self.bulk_shape],
             "edge_convention": self.edge_convention,
-            "beta": f(self.beta),
+            "tw_level": f(self.tw_level),
         }
 
 
@@ -178,7 +182,7 @@ def _edge(sigma2: FloatArray, p_b: Any, n_b: Any, n: int, t: float, convention: 
 
 
 def _validate_params(
-    method: str, delta: float, alpha: float, beta: float | None, shape: tuple[int, int]
+    method: str, delta: float, alpha: float, tw_level: float | None, shape: tuple[int, int]
 ) -> None:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r} for shape {shape}; choose one of {METHODS}")
@@ -186,8 +190,8 @@ def _validate_params(
         raise ValueError(f"delta must be in (0, 1) (confidence 1-delta), got {delta!r} for shape {shape}")
     if not (isinstance(alpha, (int, float)) and 0.0 < float(alpha) < 0.5):
         raise ValueError(f"alpha must be in (0, 0.5) (quantile window), got {alpha!r} for shape {shape}")
-    if beta is not None and not (isinstance(beta, (int, float)) and 0.0 < float(beta) < 1.0):
-        raise ValueError(f"beta must be in (0, 1), got {beta!r} for shape {shape}")
+    if tw_level is not None and not (isinstance(tw_level, (int, float)) and 0.0 < float(tw_level) < 1.0):
+        raise ValueError(f"tw_level must be in (0, 1), got {tw_level!r} for shape {shape}")
 
 
 def _as_matrix(W: Any) -> NDArray[np.float64]:
@@ -220,7 +224,7 @@ def _fit_core(
     method: str,
     delta: float,
     alpha: float,
-    beta: float | None,
+    tw_level: float | None,
     max_iter: int,
     max_rank_fraction: float,
     rcb_edge: str = "full",
@@ -229,8 +233,8 @@ def _fit_core(
     B, p = ev.shape
     n = max(shape)
     c = p / n
-    convention = "johnstone" if beta is None else "kml"
-    t = _tw1_quantile(1.0 - delta) if beta is None else _tw1_quantile(1.0 - beta)
+    convention = "johnstone" if tw_level is None else "kml"
+    t = _tw1_quantile(1.0 - delta) if tw_level is None else _tw1_quantile(1.0 - tw_level)
     k_max = max(0, min(int(math.floor(max_rank_fraction * p)), p - 2))
 
     k_bulk = np.zeros(B, dtype=np.int64)
@@ -321,7 +325,7 @@ def _fit_core(
                 converged=bool(converged[b]),
                 bulk_shape=(N - kb, M - kb),
                 edge_convention=convention,
-                beta=None if beta is None else float(beta),
+                tw_level=None if tw_level is None else float(tw_level),
             )
         )
     return out
@@ -335,10 +339,10 @@ def _check_sigma2(sigma2: FloatArray, shape: tuple[int, int]) -> None:
         )
 
 
-def _resolve_beta(beta: float | None, authors_convention: bool) -> float | None:
-    if authors_convention and beta is None:
+def _resolve_tw_level(tw_level: float | None, authors_convention: bool) -> float | None:
+    if authors_convention and tw_level is None:
         return 0.8
-    return beta
+    return tw_level
 
 
 # --------------------------------------------------------------------------------------------- public API
@@ -350,7 +354,7 @@ def fit_mp(
     method: str = "rcb",
     delta: float = 0.05,
     alpha: float = 0.25,
-    beta: float | None = None,
+    tw_level: float | None = None,
     authors_convention: bool = False,
     max_iter: int = 20,
     max_rank_fraction: float = 0.5,
@@ -372,9 +376,10 @@ def fit_mp(
         The noise edge is the TW₁ (1−δ) edge: a pure-noise matrix has spikes with probability ≈ δ.
     alpha : float in (0, 0.5)
         Central quantile window ``[αp, (1−α)p)`` used for the bulk match (not used by ``gd``'s σ²).
-    beta, authors_convention :
-        Opt into the Ke–Ma–Lin asymptotic edge with the TW₁ (1−β)-quantile; ``authors_convention=True``
-        sets ``β = 0.8`` (the authors' liberal edge). ``delta`` is then not used for the edge.
+    tw_level, authors_convention :
+        Opt into the Ke–Ma–Lin asymptotic edge with the TW₁ (1−tw_level)-quantile;
+        ``authors_convention=True`` sets ``tw_level = 0.8`` (the authors' liberal edge, their β). ``delta``
+        is then not used for the edge.
     max_iter : int
         Iteration cap for ``rcb``.
     max_rank_fraction : float in (0, 1)
@@ -393,13 +398,13 @@ def fit_mp(
         raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
     if not (0.0 < float(max_rank_fraction) < 1.0):
         raise ValueError(f"max_rank_fraction must be in (0, 1), got {max_rank_fraction!r}")
-    beta = _resolve_beta(beta, authors_convention)
+    tw_level = _resolve_tw_level(tw_level, authors_convention)
     if W is not None:
         A = _as_matrix(W)
         shp = _check_matrix(A)
         if shape is not None and tuple(int(s) for s in shape) != shp:
             raise ValueError(f"shape {tuple(shape)} does not match W.shape {shp}")
-        _validate_params(method, delta, alpha, beta, shp)
+        _validate_params(method, delta, alpha, tw_level, shp)
         ev = np.asarray(eigenvalues_from_matrix(A), dtype=np.float64)
     else:
         if shape is None:
@@ -410,7 +415,7 @@ def fit_mp(
             raise ValueError(f"shape must be a pair (N, M) of ints, got {shape!r}") from None
         if len(shape) != 2 or min(shp) < 2:
             raise ValueError(f"shape {tuple(shape)}: need a pair (N, M) with at least 2 rows and 2 columns")
-        _validate_params(method, delta, alpha, beta, shp)
+        _validate_params(method, delta, alpha, tw_level, shp)
         ev = _as_matrix(eigenvalues)
         if ev.ndim != 1:
             raise ValueError(f"eigenvalues must be 1-D, got shape {ev.shape} (matrix shape {shp})")
@@ -429,7 +434,7 @@ def fit_mp(
         ev = np.sort(np.maximum(ev, 0.0))
     _check_rcb_edge(rcb_edge)
     fits = _fit_core(
-        ev[None, :], shp, method, float(delta), float(alpha), beta, max_iter, max_rank_fraction, rcb_edge
+        ev[None, :], shp, method, float(delta), float(alpha), tw_level, max_iter, max_rank_fraction, rcb_edge
     )
     return fits[0]
 
@@ -450,7 +455,7 @@ def fit_mp_batch(matrices: Iterable[Any], **kw: Any) -> list[MPFit]:
     method = kw.pop("method", "rcb")
     delta = kw.pop("delta", 0.05)
     alpha = kw.pop("alpha", 0.25)
-    beta = _resolve_beta(kw.pop("beta", None), bool(kw.pop("authors_convention", False)))
+    tw_level = _resolve_tw_level(kw.pop("tw_level", None), bool(kw.pop("authors_convention", False)))
     max_iter = kw.pop("max_iter", 20)
     max_rank_fraction = kw.pop("max_rank_fraction", 0.5)
     rcb_edge = kw.pop("rcb_edge", "full")
@@ -466,14 +471,14 @@ def fit_mp_batch(matrices: Iterable[Any], **kw: Any) -> list[MPFit]:
     for i, W in enumerate(matrices):
         A = _as_matrix(W)
         shp = _check_matrix(A, where=f"matrix {i}")
-        _validate_params(method, delta, alpha, beta, shp)
+        _validate_params(method, delta, alpha, tw_level, shp)
         mats.append(A)
         groups.setdefault(shp, []).append(i)
     out: list[MPFit | None] = [None] * len(mats)
     for shp, idx in groups.items():
         ev = batched_eigenvalues([mats[i] for i in idx])
         fits = _fit_core(
-            ev, shp, method, float(delta), float(alpha), beta, max_iter, max_rank_fraction, rcb_edge
+            ev, shp, method, float(delta), float(alpha), tw_level, max_iter, max_rank_fraction, rcb_edge
         )
         for i, f in zip(idx, fits):
             out[i] = f
@@ -509,7 +514,7 @@ def spike_recovery_trial(
     """
     shp = (int(shape[0]), int(shape[1]))
     alpha = float(fit_kw.pop("alpha", 0.25))
-    beta = _resolve_beta(fit_kw.pop("beta", None), bool(fit_kw.pop("authors_convention", False)))
+    tw_level = _resolve_tw_level(fit_kw.pop("tw_level", None), bool(fit_kw.pop("authors_convention", False)))
     max_iter = int(fit_kw.pop("max_iter", 20))
     max_rank_fraction = float(fit_kw.pop("max_rank_fraction", 0.5))
     rcb_edge = str(fit_kw.pop("rcb_edge", "full"))
@@ -517,7 +522,7 @@ def spike_recovery_trial(
     if fit_kw:
         raise ValueError(f"unknown keyword(s) {sorted(fit_kw)}")
     for m in methods:
-        _validate_params(m, delta, alpha, beta, shp)
+        _validate_params(m, delta, alpha, tw_level, shp)
     rng = np.random.default_rng(seed)
     res: dict[str, dict[str, list[float]]] = {
         m: {"exact": [], "under": [], "over": [], "fp": [], "err_noise": [], "err_spiked": [], "sec": []}
@@ -539,8 +544,8 @@ def spike_recovery_trial(
         ev_n = batched_eigenvalues(noise)
         for m in methods:
             t0 = time.perf_counter()
-            fs = _fit_core(ev_s, shp, m, delta, alpha, beta, max_iter, max_rank_fraction, rcb_edge)
-            fn = _fit_core(ev_n, shp, m, delta, alpha, beta, max_iter, max_rank_fraction, rcb_edge)
+            fs = _fit_core(ev_s, shp, m, delta, alpha, tw_level, max_iter, max_rank_fraction, rcb_edge)
+            fn = _fit_core(ev_n, shp, m, delta, alpha, tw_level, max_iter, max_rank_fraction, rcb_edge)
             r = res[m]
             r["sec"].append(time.perf_counter() - t0)
             for f, k in zip(fs, truth):

@@ -9,14 +9,18 @@ Every estimator returns a :class:`LipschitzEstimate` with one value per sample, 
 (``True``: a guaranteed upper bound; ``False``: an estimate) and the estimator's ``name`` from
 :data:`ESTIMATORS` -- the one list of names that mpprune's certificate engine uses too:
 
-* :func:`affine_tail` -- exact for an affine tail ``W3 v + b3`` (and sound for ``W3 relu(v) + b3``):
-||W3||_inf.
-* :func:`product_bound` -- sound: product of induced inf-norms of the affine layers of a sequential tail
-  through 1-Lipschitz activations.
-* :func:`piecewise_linear_segment` -- sound and *exact*: the largest slope ``||dz/dtheta||_inf / ||R
-psi_1||_inf``
-  over the linear pieces of a piecewise-linear tail restricted to the segment (the smallest valid L_s).
-* :func:`jacobian_segment` -- estimate: the largest directional Jacobian slope on a theta grid.
+* ``"affine"`` — :func:`affine_tail`: exact for an affine tail ``W3 v + b3`` (and sound for
+  ``W3 relu(v) + b3``): ||W3||_inf.
+* ``"product_norm"`` — :func:`product_bound`: sound; product of induced inf-norms of the affine layers of a
+  sequential tail through 1-Lipschitz activations.
+* ``"pl_exact"`` — :func:`piecewise_linear_segment`: sound and *exact*; the largest slope
+  ``||dz/dtheta||_inf / ||R psi_1||_inf`` over the linear pieces of a piecewise-linear tail restricted to
+  the segment (the smallest valid L_s).
+* ``"segment_max_slope"`` — :func:`jacobian_segment`: an estimate; the largest directional Jacobian slope on
+  a theta grid.
+
+The function names describe the method; the estimate's ``name`` (and every option, report and CLI choice
+of both packages, e.g. ``mptheory.certificates.lipschitz_bounds(method=...)``) is the canonical name.
 
 Conventions: arrays are float64 numpy; a tail is a torch callable mapping ``(batch, n)`` (or
 ``(batch, *shape)``) to logits ``(batch, K)``; ``nn.Module`` tails are copied to float64 and never modified.
@@ -39,6 +43,7 @@ __all__ = [
     "Abs",
     "LipschitzEstimate",
     "affine_tail",
+    "float64_tail",
     "induced_inf_norm",
     "jacobian_segment",
     "piecewise_linear_segment",
@@ -143,8 +148,12 @@ def _flatten_modules(tail: object) -> list[nn.Module]:
     raise ValueError(f"tail must be an nn.Module or a sequence of modules, got {type(tail).__name__}")
 
 
-def _float64_tail(tail: Tail) -> Tail:
-    """A float64, eval-mode copy of an nn.Module tail (plain callables are returned unchanged)."""
+def float64_tail(tail: Tail) -> Tail:
+    """A float64, eval-mode copy of an nn.Module tail (plain callables are returned unchanged).
+
+    The one place a tail is copied for exact evaluation (the estimators here and
+    :class:`mptheory.certificates.SplitNetwork` use it); a module in training mode is refused.
+    """
     if isinstance(tail, nn.Module):
         for name, m in tail.named_modules():
             if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)) and m.training:
@@ -188,7 +197,7 @@ def segment_logits(tail: Tail, u0: np.ndarray, u1: np.ndarray, theta: float | np
     """Logits ``psi_2(u0 + theta (u1 - u0))`` in float64, shape (B, K) (or (T, B, K) for an array of
     thetas)."""
     a0, a1 = _segment_arrays(u0, u1)
-    f = _float64_tail(tail)
+    f = float64_tail(tail)
     th = np.asarray(theta, dtype=np.float64)
     with torch.no_grad():
         if th.ndim == 0:
@@ -412,7 +421,7 @@ def piecewise_linear_segment(
     )
     if bad:
         raise ValueError(f"piecewise_linear_segment: unsupported modules {bad}")
-    mods = [m for m in _flatten_modules(_float64_tail(nn.Sequential(*mods)))]
+    mods = [m for m in _flatten_modules(float64_tail(nn.Sequential(*mods)))]
     a0, a1 = _segment_arrays(u0, u1)
     B = a0.shape[0]
     pc = _Pieces(
@@ -458,7 +467,7 @@ def jacobian_segment(
     if int(n_theta) < 1:
         raise ValueError(f"n_theta must be >= 1, got {n_theta}")
     a0, a1 = _segment_arrays(u0, u1)
-    f = _float64_tail(tail)
+    f = float64_tail(tail)
     t0, dirn = torch.from_numpy(a0), torch.from_numpy(a1 - a0)
     best = np.zeros(a0.shape[0])
     for th in np.linspace(0.0, 1.0, int(n_theta)):

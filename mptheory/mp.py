@@ -25,7 +25,7 @@ Everything here is exact and closed form (no per-point numerical integration):
   and is evaluated on the branch with m(z) ~ −1/z at infinity.
 
 ``MarchenkoPastur`` is a frozen distribution with the scipy.stats method names;
-``marchenko_pastur`` is the same law as a ``scipy.stats.rv_continuous`` instance (shape ``c``,
+``marchenko_pastur`` is the same law as a ``scipy.stats.rv_continuous`` instance (shape ``ratio``,
 ``scale`` = σ²), for users who want ``fit``/``expect``/``interval`` and the rest of scipy's machinery.
 """
 
@@ -194,7 +194,12 @@ def _std_cdf_sf(x: ArrayLike, c: ArrayLike) -> tuple[FloatArray, FloatArray]:
 
 
 def _solve_angle(target: FloatArray, c: FloatArray, sign: float) -> FloatArray:
-    """Solve _h(t, c, sign) = target for t in [0, π]; vectorised safeguarded Newton (rtsafe)."""
+    """Solve _h(t, c, sign) = target for t in [0, π]; vectorised safeguarded Newton (rtsafe).
+
+    Kept instead of ``scipy.optimize.elementwise.find_root`` (tested with scipy 1.17 on 20,000 random
+    (q, c)): the bracketing solver was 2–3× slower, hit its iteration limit on some points, and its roots
+    differ in the last bits, which would move every BEMA quantile grid and fitted σ².
+    """
     target = np.asarray(target, dtype=float)
     c = np.asarray(c, dtype=float)
     lo = np.zeros_like(target)
@@ -359,43 +364,44 @@ def batched_eigenvalues(matrices: Sequence[Any]) -> FloatArray:
 class marchenko_pastur_gen(stats.rv_continuous):
     r"""Marchenko–Pastur law as a ``scipy.stats`` distribution.
 
-    Shape parameter ``c`` ∈ (0, 1] (ratio = min/max dims); ``scale`` is σ². Support
+    Shape parameter ``ratio`` = c ∈ (0, 1] (min/max dims); ``scale`` is σ². Support
     [(1 − √c)², (1 + √c)²] · scale; density √((b − x)(x − a)) / (2π c x) for scale = 1.
     """
 
-    def _argcheck(self, c: Any) -> Any:
-        return (c > 0) & (c <= 1)
+    def _argcheck(self, ratio: Any) -> Any:
+        return (ratio > 0) & (ratio <= 1)
 
     def _shape_info(self) -> list[Any]:
         from scipy.stats._distn_infrastructure import _ShapeInfo
 
-        return [_ShapeInfo("c", False, (0, 1), (False, True))]
+        return [_ShapeInfo("ratio", False, (0, 1), (False, True))]
 
-    def _get_support(self, c: Any) -> tuple[Any, Any]:
-        return _std_edges(c)
+    def _get_support(self, ratio: Any) -> tuple[Any, Any]:
+        return _std_edges(ratio)
 
-    def _pdf(self, x: Any, c: Any) -> Any:
-        return _std_pdf(x, c)
+    def _pdf(self, x: Any, ratio: Any) -> Any:
+        return _std_pdf(x, ratio)
 
-    def _logpdf(self, x: Any, c: Any) -> Any:
-        return _std_logpdf(x, c)
+    def _logpdf(self, x: Any, ratio: Any) -> Any:
+        return _std_logpdf(x, ratio)
 
-    def _cdf(self, x: Any, c: Any) -> Any:
-        return _std_cdf_sf(x, c)[0]
+    def _cdf(self, x: Any, ratio: Any) -> Any:
+        return _std_cdf_sf(x, ratio)[0]
 
-    def _sf(self, x: Any, c: Any) -> Any:
-        return _std_cdf_sf(x, c)[1]
+    def _sf(self, x: Any, ratio: Any) -> Any:
+        return _std_cdf_sf(x, ratio)[1]
 
-    def _ppf(self, q: Any, c: Any) -> Any:
-        return _std_ppf(q, c)
+    def _ppf(self, q: Any, ratio: Any) -> Any:
+        return _std_ppf(q, ratio)
 
-    def _isf(self, q: Any, c: Any) -> Any:
-        return _std_isf(q, c)
+    def _isf(self, q: Any, ratio: Any) -> Any:
+        return _std_isf(q, ratio)
 
-    def _munp(self, n: Any, c: Any) -> Any:
-        return np.vectorize(lambda k, cc: _std_moment(int(k), float(cc)), otypes=[float])(n, c)
+    def _munp(self, n: Any, ratio: Any) -> Any:
+        return np.vectorize(lambda k, cc: _std_moment(int(k), float(cc)), otypes=[float])(n, ratio)
 
-    def _stats(self, c: Any) -> tuple[Any, Any, Any, Any]:
+    def _stats(self, ratio: Any) -> tuple[Any, Any, Any, Any]:
+        c = ratio
         m2 = 1.0 + c
         m3 = 1.0 + 3.0 * c + c**2
         m4 = 1.0 + 6.0 * c + 6.0 * c**2 + c**3
@@ -405,7 +411,7 @@ class marchenko_pastur_gen(stats.rv_continuous):
         return mu, var, skew, kurt
 
 
-marchenko_pastur = marchenko_pastur_gen(a=0.0, name="marchenko_pastur", shapes="c")
+marchenko_pastur = marchenko_pastur_gen(a=0.0, name="marchenko_pastur", shapes="ratio")
 
 
 # ----------------------------------------------------------------------------------------------

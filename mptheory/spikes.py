@@ -14,8 +14,13 @@ Two parametrisations are used, and every name says which one it takes.
 * **Raw library scale**: ``W = S + R`` of shape ``(N, M)``, ``R`` iid with variance ``σ²``; singular values
   are those of ``W`` itself.  With ``n = max(N, M)`` the normalised singular value is ``s/(σ√n)``; the BBP
   threshold for a signal singular value is ``σ√n c^{1/4}`` and the bulk edge is ``σ(√N + √M)``.
-* **Square variance-g form** (digest G13/G14): ``N × N`` noise with entries of variance ``g/N``, signal
-  singular value ``θ``: ``s → θ + g/θ`` if ``θ > √g`` else ``2√g``; inverse ``θ̂ = ½(s + √(s² − 4g))``.
+* **Square form** (digest G13/G14, where the noise variance is called ``g``): ``N × N`` noise with entries
+  of variance ``σ²/N`` (the normalised model with ``c = 1``), signal singular value ``θ``:
+  ``s → θ + σ²/θ`` if ``θ > σ`` else ``2σ``; inverse ``θ̂ = ½(s + √(s² − 4σ²))``.
+
+Parameter names follow the package vocabulary (:mod:`mptheory`): ``ratio`` is the aspect ratio
+``c = min/max``, ``sigma``/``sigma2`` the noise level, ``theta`` a signal singular value (or eigenvalue,
+for :func:`outlier_eigenvalue`).
 
 All functions are vectorised over array inputs and raise ``ValueError`` on invalid arguments.
 """
@@ -41,6 +46,7 @@ __all__ = [
     "gd_omega_approx",
     "inverse_bbp",
     "inverse_bbp_square",
+    "low_rank_signal",
     "make_spiked_matrix",
     "mp_median_unit",
     "outlier_eigenvalue",
@@ -176,25 +182,25 @@ def inverse_bbp(y: ArrayLike, ratio: ArrayLike, sigma: ArrayLike = 1.0) -> Float
     return _ret(s * x)
 
 
-def outlier_location_square(theta: ArrayLike, g: ArrayLike) -> FloatArray | float:
-    """Square variance-g BBP map (digest G14): ``s = θ + g/θ`` if ``θ > √g`` else ``2√g``.
+def outlier_location_square(theta: ArrayLike, sigma2: ArrayLike = 1.0) -> FloatArray | float:
+    """Square BBP map (digest G14): ``s = θ + σ²/θ`` if ``θ > σ`` else ``2σ``.
 
-    Raw scale: ``N × N`` noise with entries of variance ``g/N`` plus a signal singular value ``θ``.
+    ``N × N`` noise with entries of variance ``σ²/N`` (the digest's ``g``) plus a signal singular value ``θ``.
     """
     th = _check_values(theta, "theta")
-    ga = _check_positive(g, "g")
+    s2 = _check_positive(sigma2, "sigma2")
     with np.errstate(divide="ignore", over="ignore"):
-        s = th + ga / th
-    return _ret(np.where(th > np.sqrt(ga), s, 2.0 * np.sqrt(ga)))
+        s = th + s2 / th
+    return _ret(np.where(th > np.sqrt(s2), s, 2.0 * np.sqrt(s2)))
 
 
-def inverse_bbp_square(s: ArrayLike, g: ArrayLike) -> FloatArray | float:
-    """Inverse-BBP estimator of digest G13: ``θ̂ = ½(s + √(s² − 4g))`` for ``s ≥ 2√g``, else ``nan``."""
+def inverse_bbp_square(s: ArrayLike, sigma2: ArrayLike = 1.0) -> FloatArray | float:
+    """Inverse-BBP estimator of digest G13: ``θ̂ = ½(s + √(s² − 4σ²))`` for ``s ≥ 2σ``, else ``nan``."""
     sa = _check_values(s, "s")
-    ga = _check_positive(g, "g")
+    s2 = _check_positive(sigma2, "sigma2")
     with np.errstate(invalid="ignore"):
-        th = 0.5 * (sa + np.sqrt(np.maximum(sa**2 - 4.0 * ga, 0.0)))
-    return _ret(np.where(sa >= 2.0 * np.sqrt(ga), th, np.nan))
+        th = 0.5 * (sa + np.sqrt(np.maximum(sa**2 - 4.0 * s2, 0.0)))
+    return _ret(np.where(sa >= 2.0 * np.sqrt(s2), th, np.nan))
 
 
 def singular_vector_cosines(x: ArrayLike, ratio: ArrayLike) -> tuple[FloatArray | float, FloatArray | float]:
@@ -245,36 +251,37 @@ def shrink_nuclear(y: ArrayLike, ratio: ArrayLike, sigma: ArrayLike = 1.0) -> Fl
 
 
 # --------------------------------------------------------------------------------------------- Gavish–Donoho
-def gd_lambda_star(beta: ArrayLike) -> FloatArray | float:
-    """Optimal hard-threshold coefficient for known σ: ``λ*(β) = √(2(β+1) + 8β/((β+1) + √(β²+14β+1)))``."""
-    b = _check_ratio(beta, "beta")
+def gd_lambda_star(ratio: ArrayLike) -> FloatArray | float:
+    """Optimal hard-threshold coefficient for known σ: ``λ*(c) = √(2(c+1) + 8c/((c+1) + √(c²+14c+1)))``
+    (Gavish–Donoho write the aspect ratio ``c = min/max`` as β)."""
+    b = _check_ratio(ratio)
     return _ret(np.sqrt(2.0 * (b + 1.0) + 8.0 * b / ((b + 1.0) + np.sqrt(b**2 + 14.0 * b + 1.0))))
 
 
 @lru_cache(maxsize=4096)
-def _mp_median_unit(beta: float) -> float:
+def _mp_median_unit(ratio: float) -> float:
     from mptheory.mp import MarchenkoPastur
 
-    return float(MarchenkoPastur(ratio=beta, sigma2=1.0).median())
+    return float(MarchenkoPastur(ratio=ratio, sigma2=1.0).median())
 
 
-def mp_median_unit(beta: ArrayLike) -> FloatArray | float:
-    """Exact median ``μ_β`` of MP(ratio=β, σ²=1) (cached; uses :class:`mptheory.mp.MarchenkoPastur`)."""
-    b = _check_ratio(beta, "beta")
+def mp_median_unit(ratio: ArrayLike) -> FloatArray | float:
+    """Exact median ``μ_c`` of MP(ratio=c, σ²=1) (cached; uses :class:`mptheory.mp.MarchenkoPastur`)."""
+    b = _check_ratio(ratio)
     out = np.vectorize(lambda v: _mp_median_unit(float(v)), otypes=[np.float64])(b)
     return _ret(np.asarray(out, dtype=np.float64))
 
 
-def gd_omega(beta: ArrayLike) -> FloatArray | float:
-    """Unknown-σ hard-threshold coefficient ``ω(β) = λ*(β)/√μ_β`` with the EXACT MP median ``μ_β``."""
-    lam = np.asarray(gd_lambda_star(beta), dtype=np.float64)
-    mu = np.asarray(mp_median_unit(beta), dtype=np.float64)
+def gd_omega(ratio: ArrayLike) -> FloatArray | float:
+    """Unknown-σ hard-threshold coefficient ``ω(c) = λ*(c)/√μ_c`` with the EXACT MP median ``μ_c``."""
+    lam = np.asarray(gd_lambda_star(ratio), dtype=np.float64)
+    mu = np.asarray(mp_median_unit(ratio), dtype=np.float64)
     return _ret(lam / np.sqrt(mu))
 
 
-def gd_omega_approx(beta: ArrayLike) -> FloatArray | float:
-    """Gavish–Donoho's published approximation ``ω(β) ≈ 0.56β³ − 0.95β² + 1.82β + 1.43`` (for comparison)."""
-    b = _check_ratio(beta, "beta")
+def gd_omega_approx(ratio: ArrayLike) -> FloatArray | float:
+    """Gavish–Donoho's published approximation ``ω(c) ≈ 0.56c³ − 0.95c² + 1.82c + 1.43`` (for comparison)."""
+    b = _check_ratio(ratio)
     return _ret(0.56 * b**3 - 0.95 * b**2 + 1.82 * b + 1.43)
 
 
@@ -285,7 +292,7 @@ def gd_hard_threshold(
 
     ``x`` is either the matrix ``Y`` itself (2-D) or its singular values (1-D, then ``shape`` is required).
     With ``sigma`` known (per-entry noise standard deviation of ``Y``): ``τ = λ*(β)·√n·σ``; otherwise
-    ``τ = ω(β)·y_med`` with ``y_med`` the median singular value.  ``n = max(shape)``, ``β = min/max``.
+    ``τ = ω(c)·y_med`` with ``y_med`` the median singular value.  ``n = max(shape)``, ``c = min/max``.
     """
     a = np.asarray(x, dtype=np.float64)
     if a.ndim == 2:
@@ -307,18 +314,40 @@ def gd_hard_threshold(
     n, p = max(shp), min(shp)
     if p < 2 and sigma is None:
         raise ValueError(f"shape {shp}: need min(shape) >= 2 to estimate sigma from the median")
-    beta = p / n
+    ratio = p / n
     if sigma is not None:
         s = float(_check_positive(sigma, "sigma"))
-        return float(gd_lambda_star(beta)) * np.sqrt(n) * s
+        return float(gd_lambda_star(ratio)) * np.sqrt(n) * s
     assert sv is not None
     y_med = float(np.median(sv))
     if y_med <= 0:
         raise ValueError(f"shape {shp}: median singular value is 0; the noise level cannot be estimated")
-    return float(gd_omega(beta)) * y_med
+    return float(gd_omega(ratio)) * y_med
 
 
 # --------------------------------------------------------------------------------------------- generator
+def low_rank_signal(
+    shape: tuple[int, int], singular_values: ArrayLike, rng: np.random.Generator | int | None = None
+) -> FloatArray:
+    """``S = Σ_i θ_i u_i v_iᵀ`` with Haar-random orthonormal ``U`` (N × r) and ``V`` (M × r), drawn in that
+    order (QR of Gaussian matrices); rank ``r = len(singular_values)`` (zero matrix for ``r = 0``).
+
+    The one low-rank signal generator: :func:`make_spiked_matrix`, :mod:`mptheory.strategies` and the
+    simulations of :mod:`mptheory.dynamics` draw their signals here.
+    """
+    n_rows, n_cols = _check_shape(shape)
+    theta = _check_values(np.asarray(singular_values, dtype=np.float64).reshape(-1), "singular_values")
+    r = theta.size
+    if r > min(n_rows, n_cols):
+        raise ValueError(f"rank {r} exceeds min(shape) for shape {(n_rows, n_cols)}")
+    if r == 0:
+        return np.zeros((n_rows, n_cols))
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    U, _ = np.linalg.qr(gen.standard_normal((n_rows, r)))
+    V, _ = np.linalg.qr(gen.standard_normal((n_cols, r)))
+    return (U * theta) @ V.T
+
+
 @dataclass(frozen=True, eq=False)
 class SpikedMatrix:
     """A signal-plus-noise matrix ``W = signal + noise`` with its ground truth.
@@ -371,12 +400,7 @@ def make_spiked_matrix(
     else:
         raise ValueError(f"unknown noise {noise!r}")
     theta = fac * bbp_singular_threshold((n_rows, n_cols), sd)
-    if r:
-        U, _ = np.linalg.qr(gen.standard_normal((n_rows, r)))
-        V, _ = np.linalg.qr(gen.standard_normal((n_cols, r)))
-        S = (U * theta) @ V.T
-    else:
-        S = np.zeros((n_rows, n_cols))
+    S = low_rank_signal((n_rows, n_cols), theta, gen)
     return SpikedMatrix(
         W=S + R,
         noise=R,

@@ -147,7 +147,6 @@ def pure_noise(
 # Other strategies (networks, masks) live in mptheory.strategies_nets and are re-exported below.
 # ============================================================================================
 from mptheory.strategies_nets import (  # noqa: E402  (networks and masks; imports torch)
-    CASE_FACTORIES,
     adversarial_margin_cases,
     cert_cases,
     dead_column_cases,
@@ -160,7 +159,6 @@ from mptheory.strategies_nets import (  # noqa: E402  (networks and masks; impor
 )
 
 __all__ += [
-    "CASE_FACTORIES",
     "adversarial_margin_cases",
     "cert_cases",
     "dead_column_cases",

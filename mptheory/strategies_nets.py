@@ -31,7 +31,6 @@ from mptheory.certificates import (
 )
 
 __all__ = [
-    "CASE_FACTORIES",
     "adversarial_margin_cases",
     "cert_cases",
     "dead_column_cases",
@@ -243,23 +242,6 @@ def make_multilayer_case(rng: np.random.Generator, max_width: int = 6) -> MultiL
     return MultiLayerCase(
         mlp, layers, masks, tuple(_lam(rng) for _ in range(3)), tuple(_lam(rng) for _ in range(3))
     )
-
-
-CASE_FACTORIES: dict[str, Callable[[np.random.Generator], object]] = {
-    "D1": make_cert_case,
-    "D2": make_cert_case,
-    "D3": make_dead_column_case,
-    "D4": make_cert_case,
-    "D5": make_cert_case,
-    "D6": make_cert_case,
-    "D7": make_cert_case,
-    "D8": make_cert_case,
-    "D9": make_cert_case,
-    "D10": make_multilayer_case,
-    "D11": make_multilayer_case,
-    "D12": make_multilayer_case,
-}
-"""claim id -> factory ``f(rng) -> case`` accepted by ``mptheory.certificates.CHECKS[claim id]``."""
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -22,11 +22,11 @@ R_SAMPLES = ({R: sp.Rational(1, 10)}, {R: sp.Rational(1, 2)}, {R: sp.Rational(9,
 Density = Callable[[sp.Expr, sp.Expr, sp.Expr], sp.Expr]
 
 
-def mp_density(x: sp.Expr, sigma2: sp.Expr, c: sp.Expr) -> sp.Expr:
+def mp_density(x: sp.Expr, sigma2: sp.Expr, ratio: sp.Expr) -> sp.Expr:
     """Digest §1.4 MP density (absolutely continuous part) at x, ratio c ≤ 1, variance σ²."""
-    lp = sigma2 * (1 + sp.sqrt(c)) ** 2
-    lm = sigma2 * (1 - sp.sqrt(c)) ** 2
-    return sp.sqrt((lp - x) * (x - lm)) / (2 * sp.pi * c * sigma2 * x)
+    lp = sigma2 * (1 + sp.sqrt(ratio)) ** 2
+    lm = sigma2 * (1 - sp.sqrt(ratio)) ** 2
+    return sp.sqrt((lp - x) * (x - lm)) / (2 * sp.pi * ratio * sigma2 * x)
 
 
 def edges(r: sp.Expr = R, sigma2: sp.Expr = SIGMA2) -> tuple[sp.Expr, sp.Expr]:

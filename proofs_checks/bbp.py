@@ -18,7 +18,8 @@ from collections.abc import Callable
 
 import sympy as sp
 
-from proofs_checks.result import CheckResult, Steps, factor_sqrts
+from mptheory.verdict import CheckResult
+from proofs_checks.steps import Steps, factor_sqrts
 
 NAME = "bbp"
 STATEMENT = ("The rectangular BBP map y(x) = √((1+x²)(c+x²))/x, the square map s = σ + g/σ and the DGJ map "
@@ -36,24 +37,24 @@ XS = sp.Symbol("x", positive=True)
 Q = sp.Symbol("q", positive=True)  # q = c^{1/4}
 
 
-def rect_forward(x: sp.Expr, c: sp.Expr) -> sp.Expr:
+def rect_forward(x: sp.Expr, ratio: sp.Expr) -> sp.Expr:
     """y(x) = √((1+x²)(c+x²))/x (signal x, ratio c, noise-normalised singular values)."""
-    return sp.sqrt((1 + x**2) * (c + x**2)) / x
+    return sp.sqrt((1 + x**2) * (ratio + x**2)) / x
 
 
-def rect_inverse(y: sp.Expr, c: sp.Expr) -> sp.Expr:
+def rect_inverse(y: sp.Expr, ratio: sp.Expr) -> sp.Expr:
     """x(y) = √((y² − c − 1 + √((y² − c − 1)² − 4c))/2)."""
-    return sp.sqrt((y**2 - c - 1 + sp.sqrt((y**2 - c - 1) ** 2 - 4 * c)) / 2)
+    return sp.sqrt((y**2 - ratio - 1 + sp.sqrt((y**2 - ratio - 1) ** 2 - 4 * ratio)) / 2)
 
 
-def square_forward(sigma: sp.Expr, g: sp.Expr) -> sp.Expr:
-    """s(σ) = σ + g/σ (square N×N, noise variance g/N)."""
-    return sigma + g / sigma
+def square_forward(theta: sp.Expr, sigma2: sp.Expr) -> sp.Expr:
+    """s(θ) = θ + σ²/θ (square N×N, noise variance σ²/N; the digest writes σ + g/σ)."""
+    return theta + sigma2 / theta
 
 
-def square_inverse(s: sp.Expr, g: sp.Expr) -> sp.Expr:
-    """σ̂(s) = ½(s + √(s² − 4g))."""
-    return (s + sp.sqrt(s**2 - 4 * g)) / 2
+def square_inverse(s: sp.Expr, sigma2: sp.Expr) -> sp.Expr:
+    """θ̂(s) = ½(s + √(s² − 4σ²)) (the digest's ½(s + √(s² − 4g)))."""
+    return (s + sp.sqrt(s**2 - 4 * sigma2)) / 2
 
 
 def dgj_forward(ell: sp.Expr, gamma: sp.Expr) -> sp.Expr:

@@ -16,7 +16,8 @@ from collections.abc import Callable
 import numpy as np
 import sympy as sp
 
-from proofs_checks.result import CheckResult, Steps
+from mptheory.verdict import CheckResult
+from proofs_checks.steps import Steps
 
 NAME = "bema_edge"
 STATEMENT = ("Johnstone's centring/scaling divided by n equals σ²[(1+√c)² + t n^{−2/3} c^{−1/6}(1+√c)^{4/3}] "
@@ -30,10 +31,10 @@ EPS = sp.Symbol("epsilon", positive=True)
 T = sp.Symbol("t", real=True)
 
 
-def tw_edge(sigma2: sp.Expr, c: sp.Expr, n: sp.Expr, t: sp.Expr) -> sp.Expr:
+def tw_edge(sigma2: sp.Expr, ratio: sp.Expr, n: sp.Expr, t: sp.Expr) -> sp.Expr:
     """σ²[(1+√c)² + t n^{−2/3} c^{−1/6} (1+√c)^{4/3}] (Ke–Ma–Lin / Johnstone edge)."""
-    return sigma2 * ((1 + sp.sqrt(c)) ** 2 + t * n ** sp.Rational(-2, 3) * c ** sp.Rational(-1, 6)
-                     * (1 + sp.sqrt(c)) ** sp.Rational(4, 3))
+    return sigma2 * ((1 + sp.sqrt(ratio)) ** 2 + t * n ** sp.Rational(-2, 3) * ratio ** sp.Rational(-1, 6)
+                     * (1 + sp.sqrt(ratio)) ** sp.Rational(4, 3))
 
 
 def johnstone_per_sample(sigma2: sp.Expr, n: sp.Expr, p: sp.Expr, t: sp.Expr) -> sp.Expr:
@@ -42,10 +43,10 @@ def johnstone_per_sample(sigma2: sp.Expr, n: sp.Expr, p: sp.Expr, t: sp.Expr) ->
     return sigma2 * (a**2 + t * a * (1 / sp.sqrt(n - 1) + 1 / sp.sqrt(p)) ** sp.Rational(1, 3)) / n
 
 
-def _numeric(edge: Edge, sigma2: float, c: float, n: float, t: float) -> tuple[float, float]:
-    a = np.sqrt(n - 1) + np.sqrt(c * n)
-    exact = sigma2 * (a**2 + t * a * (1 / np.sqrt(n - 1) + 1 / np.sqrt(c * n)) ** (1 / 3)) / n
-    cand = float(sp.N(edge(sp.Float(sigma2), sp.Float(c), sp.Float(n), sp.Float(t))))
+def _numeric(edge: Edge, sigma2: float, ratio: float, n: float, t: float) -> tuple[float, float]:
+    a = np.sqrt(n - 1) + np.sqrt(ratio * n)
+    exact = sigma2 * (a**2 + t * a * (1 / np.sqrt(n - 1) + 1 / np.sqrt(ratio * n)) ** (1 / 3)) / n
+    cand = float(sp.N(edge(sp.Float(sigma2), sp.Float(ratio), sp.Float(n), sp.Float(t))))
     return exact, cand
 
 

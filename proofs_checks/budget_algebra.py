@@ -16,7 +16,8 @@ import numpy as np
 import sympy as sp
 from scipy import special
 
-from proofs_checks.result import CheckResult, Steps
+from mptheory.verdict import CheckResult
+from proofs_checks.steps import Steps
 
 NAME = "budget_algebra"
 STATEMENT = ("The R1 per-entry threshold √(2v log(2n|T|/δ)) has Gaussian tail ≤ δ/(n|T|), the union bound "
@@ -34,9 +35,9 @@ def r1_threshold(v: sp.Expr, n: sp.Expr, t: sp.Expr, delta: sp.Expr) -> sp.Expr:
     return sp.sqrt(2 * v * sp.log(2 * n * t / delta))
 
 
-def r1_term(g: sp.Expr, n: sp.Expr, t: sp.Expr, delta: sp.Expr, ls: sp.Expr, vnorm: sp.Expr) -> sp.Expr:
+def r1_term(sigma2: sp.Expr, n: sp.Expr, t: sp.Expr, delta: sp.Expr, ls: sp.Expr, vnorm: sp.Expr) -> sp.Expr:
     """One sample's contribution to the R1 bound: 2 L_s ‖v_s‖₂ √((2g/n) log(2n|T|/δ)) (before the 1/|T|)."""
-    return 2 * ls * vnorm * sp.sqrt(2 * g / n * sp.log(2 * n * t / delta))
+    return 2 * ls * vnorm * sp.sqrt(2 * sigma2 / n * sp.log(2 * n * t / delta))
 
 
 def r2_term(sigma_plus: sp.Expr, n: sp.Expr, m: sp.Expr, t: sp.Expr, delta: sp.Expr, ls: sp.Expr,

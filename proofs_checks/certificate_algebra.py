@@ -20,7 +20,8 @@ from collections.abc import Callable
 import numpy as np
 import sympy as sp
 
-from proofs_checks.result import CheckResult, Steps
+from mptheory.verdict import CheckResult
+from proofs_checks.steps import Steps
 
 NAME = "certificate_algebra"
 STATEMENT = ("Frobenius/ℓ₁ identities of D4/D5/D7, the D8 restoration equivalence, the softmax-CE gradient "

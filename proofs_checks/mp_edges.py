@@ -13,9 +13,10 @@ from collections.abc import Callable
 import numpy as np
 import sympy as sp
 
+from mptheory.verdict import CheckResult
 from proofs_checks._mp import SIGMA2, R, X, mp_density
 from proofs_checks.mp_stieltjes import M, Z, mp_quadratic
-from proofs_checks.result import CheckResult, Steps
+from proofs_checks.steps import Steps
 
 NAME = "mp_edges"
 STATEMENT = ("The MP edges λ± = σ²(1 ± √c)² are the roots of the discriminant of the Stieltjes quadratic, "
@@ -29,9 +30,9 @@ N_ROWS = sp.Symbol("n", positive=True)  # N = n²
 M_COLS = sp.Symbol("m", positive=True)  # M = m²
 
 
-def mp_edges(sigma2: sp.Expr, c: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
+def mp_edges(sigma2: sp.Expr, ratio: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
     """(λ₋, λ₊) = (σ²(1 − √c)², σ²(1 + √c)²)."""
-    return sigma2 * (1 - sp.sqrt(c)) ** 2, sigma2 * (1 + sp.sqrt(c)) ** 2
+    return sigma2 * (1 - sp.sqrt(ratio)) ** 2, sigma2 * (1 + sp.sqrt(ratio)) ** 2
 
 
 def singular_edge(sigma: sp.Expr, n: sp.Expr, m: sp.Expr) -> sp.Expr:

@@ -11,8 +11,9 @@ import numpy as np
 import sympy as sp
 from scipy import integrate
 
+from mptheory.verdict import CheckResult
 from proofs_checks._mp import Density, X, integrate_against, mp_density
-from proofs_checks.result import CheckResult, Steps
+from proofs_checks.steps import Steps
 
 NAME = "mp_mass"
 STATEMENT = ("The MP density √((λ₊−x)(x−λ₋))/(2πcσ²x) on [λ₋,λ₊], λ± = σ²(1±√c)², "

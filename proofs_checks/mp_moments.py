@@ -13,8 +13,9 @@ import numpy as np
 import sympy as sp
 from scipy import integrate
 
+from mptheory.verdict import CheckResult
 from proofs_checks._mp import SIGMA2, R, X, integrate_against, mp_density
-from proofs_checks.result import CheckResult, Steps
+from proofs_checks.steps import Steps
 
 NAME = "mp_moments"
 STATEMENT = "The k-th MP moment equals σ^{2k} Σ_j N(k,j) c^{j−1} (Narayana numbers), k = 1..6."
@@ -29,9 +30,9 @@ def narayana(k: int, j: int) -> int:
     return int(sp.binomial(k, j) * sp.binomial(k, j - 1) / k)
 
 
-def narayana_moment(k: int, sigma2: sp.Expr, c: sp.Expr) -> sp.Expr:
+def narayana_moment(k: int, sigma2: sp.Expr, ratio: sp.Expr) -> sp.Expr:
     """σ^{2k} Σ_{j=1}^{k} N(k, j) c^{j−1}."""
-    return sigma2**k * sum(narayana(k, j) * c ** (j - 1) for j in range(1, k + 1))
+    return sigma2**k * sum(narayana(k, j) * ratio ** (j - 1) for j in range(1, k + 1))
 
 
 def check(moment: Moment | None = None, kmax: int = 6) -> CheckResult:

@@ -18,8 +18,9 @@ import numpy as np
 import sympy as sp
 from scipy import integrate
 
+from mptheory.verdict import CheckResult
 from proofs_checks._mp import R_SAMPLES, SIGMA2, R, X, edges, integrate_against, mp_density
-from proofs_checks.result import CheckResult, Steps, factor_sqrts
+from proofs_checks.steps import Steps, factor_sqrts
 
 NAME = "mp_stieltjes"
 STATEMENT = ("The Stieltjes transform m(z) = ∫dμ_MP(x)/(x−z) satisfies σ²c z m² + (z − σ²(1−c)) m + 1 = 0 "
@@ -32,9 +33,9 @@ M = sp.Symbol("m")
 E = sp.Symbol("e", positive=True)  # q = 1 + e > 1
 
 
-def mp_quadratic(m: sp.Expr, z: sp.Expr, sigma2: sp.Expr, c: sp.Expr) -> sp.Expr:
+def mp_quadratic(m: sp.Expr, z: sp.Expr, sigma2: sp.Expr, ratio: sp.Expr) -> sp.Expr:
     """σ²c z m² + (z − σ²(1−c)) m + 1 (its zero set contains the MP Stieltjes transform)."""
-    return sigma2 * c * z * m**2 + (z - sigma2 * (1 - c)) * m + 1
+    return sigma2 * ratio * z * m**2 + (z - sigma2 * (1 - ratio)) * m + 1
 
 
 def closed_form(z: sp.Expr, sigma2: sp.Expr = SIGMA2, r: sp.Expr = R) -> sp.Expr:

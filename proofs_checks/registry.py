@@ -1,9 +1,10 @@
-"""Registry of all symbolic checks: ``run_all()`` runs them and returns their results."""
+"""The registry of symbolic checks: ``SYMBOLIC_CHECKS`` (name → check) and ``run_all()``."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from mptheory.verdict import CheckResult
 from proofs_checks import (
     bbp,
     bema_edge,
@@ -14,10 +15,12 @@ from proofs_checks import (
     mp_moments,
     mp_stieltjes,
 )
-from proofs_checks.result import CheckResult
+from proofs_checks.steps import steps_of
+
+__all__ = ["SYMBOLIC_CHECKS", "as_dict", "run_all"]
 
 #: check name -> zero-argument callable (the default formulas under test)
-CHECKS: dict[str, Callable[[], CheckResult]] = {
+SYMBOLIC_CHECKS: dict[str, Callable[[], CheckResult]] = {
     mp_mass.NAME: mp_mass.check,
     mp_moments.NAME: mp_moments.check,
     mp_stieltjes.NAME: mp_stieltjes.check,
@@ -31,20 +34,19 @@ CHECKS: dict[str, Callable[[], CheckResult]] = {
 
 def run_all(names: Iterable[str] | None = None) -> list[CheckResult]:
     """Run the named checks (default: all, in registry order) and return their results."""
-    selected = list(CHECKS) if names is None else list(names)
-    unknown = [n for n in selected if n not in CHECKS]
+    selected = list(SYMBOLIC_CHECKS) if names is None else list(names)
+    unknown = [n for n in selected if n not in SYMBOLIC_CHECKS]
     if unknown:
-        raise ValueError(f"unknown check name(s) {unknown}; known: {sorted(CHECKS)}")
-    return [CHECKS[n]() for n in selected]
+        raise ValueError(f"unknown check name(s) {unknown}; known: {sorted(SYMBOLIC_CHECKS)}")
+    return [SYMBOLIC_CHECKS[n]() for n in selected]
 
 
 def as_dict(result: CheckResult) -> dict[str, object]:
-    """JSON-ready dictionary of one result."""
+    """JSON-ready dictionary of one symbolic result."""
     return {
-        "name": result.name,
-        "statement": result.statement,
+        "name": result.details.get("name"),
+        "statement": result.details.get("statement"),
         "passed": result.passed,
-        "claims": list(result.claims),
-        "details": list(result.details),
-        "seconds": round(result.seconds, 3),
+        "claims": list(result.details.get("claims", [])),
+        "steps": steps_of(result),
     }

@@ -1,5 +1,5 @@
 """Property tests of the data-path certificates D1-D12 (digest §2.1, test matrix T1-T8) and negative
-controls."""
+controls; each test is named after the claim ids it checks."""
 
 from __future__ import annotations
 
@@ -19,20 +19,22 @@ from mptheory.certificates import (
     PruneRestore,
     SplitNetwork,
 )
-from mptheory.lipschitz import piecewise_linear_segment
+from mptheory.lipschitz import ESTIMATORS, piecewise_linear_segment
 from mptheory.strategies_nets import (
-    CASE_FACTORIES,
     adversarial_margin_cases,
     cert_cases,
     dead_column_cases,
     disjoint_triples,
     linear_tail_cases,
+    make_cert_case,
+    make_dead_column_case,
     make_multilayer_case,
     masks,
     multilayer_cases,
     small_relu_nets,
     thetas,
 )
+from mptheory.verdict import CheckResult
 
 RTOL = 1e-9
 
@@ -60,7 +62,7 @@ def _exact_L(net: SplitNetwork, dec: Decomposition) -> np.ndarray:
 
 @given(net=small_relu_nets(), data=st.data())
 @settings(max_examples=25)
-def test_t1_logit_and_ce_path_bound_independent(net, data) -> None:
+def test_d1_logit_and_ce_path_bound_independent(net, data) -> None:
     mask = data.draw(masks(net.A.shape))
     th = data.draw(thetas())
     dec = MaskDecomposition(net.A, mask)
@@ -81,16 +83,16 @@ def test_t1_logit_and_ce_path_bound_independent(net, data) -> None:
 
 @given(case=cert_cases())
 @settings(max_examples=25)
-def test_t1_check_d1_and_product_bound(case) -> None:
-    for method in ("exact", "product"):
+def test_d1_check_with_pl_exact_and_product_norm(case) -> None:
+    for method in ("pl_exact", "product_norm"):
         r = C.check_d1(case, method=method)
-        assert r.violations == 0 and r.cases > 0
-        assert r.tightness <= 1 + 1e-9 or np.isnan(r.tightness)
+        assert r.violations == 0 and r.cases > 0 and r.kind == "deterministic"
+        assert r.max_tightness <= 1 + 1e-9 or np.isnan(r.max_tightness)
 
 
 @given(case=cert_cases())
 @settings(max_examples=25)
-def test_t2_margin_certificate(case) -> None:
+def test_d2_margin_certificate(case) -> None:
     r = C.check_d2(case)
     assert r.violations == 0
     # independent: every certified sample keeps its argmax after full removal
@@ -114,7 +116,7 @@ def test_t2_margin_certificate(case) -> None:
 
 @given(case=dead_column_cases())
 @settings(max_examples=20)
-def test_t6_zero_budget_is_exact(case) -> None:
+def test_d3_zero_budget_is_exact(case) -> None:
     dec = case.decomposition
     assert np.any(dec.R != 0)
     assert C.budget(case.net.psi1, dec.R, _exact_L(case.net, dec)) == 0.0
@@ -130,7 +132,7 @@ def test_t6_zero_budget_is_exact(case) -> None:
 
 @given(case=cert_cases())
 @settings(max_examples=20)
-def test_t3_frobenius_any_decomposition(case) -> None:
+def test_d4_frobenius_any_decomposition(case) -> None:
     dec = case.general
     assume(not dec.is_mask)
     # the algebraic identity the proof uses
@@ -145,7 +147,7 @@ def test_t3_frobenius_any_decomposition(case) -> None:
 
 @given(case=cert_cases())
 @settings(max_examples=25)
-def test_t4_elastic_net_and_strict_decrease(case) -> None:
+def test_d5_elastic_net_and_strict_decrease(case) -> None:
     r = C.check_d5(case)
     assert r.violations == 0
     dec = case.decomposition
@@ -177,7 +179,7 @@ def test_d6_weighted(case) -> None:
 
 @given(net=small_relu_nets(max_width=5), data=st.data())
 @settings(max_examples=20)
-def test_t5_prune_restore_and_restoration_identity(net, data) -> None:
+def test_d7_d8_prune_restore_and_restoration_identity(net, data) -> None:
     triple = data.draw(disjoint_triples(net.A))
     lam1, lam2 = data.draw(st.floats(0, 3)), data.draw(st.floats(0, 3))
     obj = ElasticNet(lam1, lam2)
@@ -205,7 +207,7 @@ def test_d7_d8_checks(case) -> None:
 
 @given(case=cert_cases())
 @settings(max_examples=12)
-def test_t7_stationarity_after_minimiser_rescaling(case) -> None:
+def test_d9_stationarity_after_minimiser_rescaling(case) -> None:
     obj = ElasticNet(case.lam1, case.lam2)
     r = C.stationarity(case.net, case.decomposition, obj)
     # independent: theta = 1 minimises J(S + theta R') over theta in [0, 1] (the one-sided hypothesis of D9)
@@ -226,7 +228,7 @@ def test_t7_stationarity_after_minimiser_rescaling(case) -> None:
 
 @given(case=multilayer_cases())
 @settings(max_examples=15)
-def test_t8_multilayer_telescoping(case) -> None:
+def test_d10_d11_multilayer_telescoping(case) -> None:
     res, ineq = C.telescoped_bound(case.mlp, case.layers, case.masks, case.lam1, case.lam2)
     assert ineq.violations == 0
     # psi1 of every step is recomputed in the partially pruned network (independent forward)
@@ -253,25 +255,25 @@ def test_d12_multilayer_stationarity(case) -> None:
 
 @given(case=linear_tail_cases())
 @settings(max_examples=15)
-def test_negative_control_halved_lipschitz_is_caught(case) -> None:
+def test_d1_negative_control_halved_lipschitz_is_caught(case) -> None:
     dec = case.decomposition
     assume(np.any(np.abs(_z(case.net, dec.A) - _z(case.net, dec.S)) > 1e-6))
     assert C.check_d1(case).violations == 0
     bad = C.check_d1(case, lipschitz_scale=0.5)
     assert bad.violations > 0 and bad.worst_slack < 0
-    assert bad.tightness == pytest.approx(2.0, rel=1e-9)
+    assert bad.max_tightness == pytest.approx(2.0, rel=1e-9)
 
 
 @given(case=adversarial_margin_cases())
 @settings(max_examples=15)
-def test_negative_control_margin_factor_one_is_caught(case) -> None:
+def test_d2_negative_control_margin_factor_one_is_caught(case) -> None:
     assert C.check_d2(case).violations == 0
     assert C.check_d2(case, margin_factor=1.0).violations >= case.net.n_samples
 
 
 @given(seed=st.integers(0, 2**32 - 1))
 @settings(max_examples=10)
-def test_negative_control_multilayer_halved(seed) -> None:
+def test_d11_negative_control_multilayer_halved(seed) -> None:
     case = make_multilayer_case(np.random.default_rng(seed))
     last = len(case.mlp.weights) - 1
     case = C.MultiLayerCase(
@@ -289,10 +291,21 @@ def test_negative_control_multilayer_halved(seed) -> None:
 # ---------------------------------------- registry and errors
 
 
-def test_registry_smoke_all_claims() -> None:
-    for cid, check in C.CHECKS.items():
-        res = C.CheckResult.combine([check(CASE_FACTORIES[cid](np.random.default_rng(s))) for s in range(2)])
-        assert res.cases > 0 and res.violations == 0, cid
+_RUNNERS = {  # claim id -> (case runner, case factory), as the D section of mptheory.claims pairs them
+    "D1": (C.check_d1, make_cert_case), "D2": (C.check_d2, make_cert_case),
+    "D3": (C.check_d3, make_dead_column_case), "D4": (C.check_d4, make_cert_case),
+    "D5": (C.check_d5, make_cert_case), "D6": (C.check_d6, make_cert_case),
+    "D7": (C.check_d7, make_cert_case), "D8": (C.check_d8, make_cert_case),
+    "D9": (C.check_d9, make_cert_case), "D10": (C.check_d10, make_multilayer_case),
+    "D11": (C.check_d11, make_multilayer_case), "D12": (C.check_d12, make_multilayer_case),
+}
+
+
+def test_d1_to_d12_case_runners_hold_on_generated_cases() -> None:
+    for cid, (check, factory) in _RUNNERS.items():
+        res = CheckResult.combine([check(factory(np.random.default_rng(s))) for s in range(2)])
+        assert res.cases > 0 and res.violations == 0 and res.passed, cid
+        assert res.kind == "deterministic" and len(res.tightness) <= 2, cid
 
 
 def test_inequality_counts_and_tolerance() -> None:
@@ -332,5 +345,29 @@ def test_errors_name_the_argument() -> None:
 
 
 def test_case_type() -> None:
-    case = CASE_FACTORIES["D5"](np.random.default_rng(0))
+    case = make_cert_case(np.random.default_rng(0))
     assert isinstance(case, CertCase) and case.decomposition.is_mask
+
+
+def test_lipschitz_bounds_takes_the_canonical_estimator_names() -> None:
+    """Every name of mptheory.lipschitz.ESTIMATORS is accepted; the estimate carries that name and its
+    soundness; the old names are refused."""
+    case = make_cert_case(np.random.default_rng(4))
+    net = SplitNetwork(case.net.psi1, case.net.A, nn.Sequential(nn.ReLU(), nn.Linear(case.net.A.shape[0], 3)),
+                       case.net.labels % 3)
+    dec = MaskDecomposition(net.A, case.mask)
+    for name, info in ESTIMATORS.items():
+        L = C.lipschitz_bounds(net, dec, name)
+        assert L.name == name and L.sound == info.sound and L.values.shape == (net.n_samples,)
+    # on this affine-after-ReLU tail: pl_exact <= affine = product_norm (both ||W||_inf)
+    exact, affine = C.lipschitz_bounds(net, dec, "pl_exact"), C.lipschitz_bounds(net, dec, "affine")
+    assert np.all(exact.values <= affine.values * (1 + 1e-12))
+    np.testing.assert_allclose(affine.values, C.lipschitz_bounds(net, dec, "product_norm").values)
+    for old in ("exact", "product", "jacobian"):
+        with pytest.raises(ValueError, match="pl_exact"):
+            C.lipschitz_bounds(net, dec, old)
+    n = net.A.shape[0]
+    deep_tail = nn.Sequential(nn.ReLU(), nn.Linear(n, 4), nn.ReLU(), nn.Linear(4, 3))
+    deep = SplitNetwork(net.psi1, net.A, deep_tail, net.labels)
+    with pytest.raises(ValueError, match="affine"):
+        C.lipschitz_bounds(deep, dec, "affine")

@@ -131,6 +131,19 @@ def test_authors_convention_edge_uses_correct_exponent() -> None:
     assert fit_mp(W, method="bema").edge > f.lambda_plus  # ours sits above it
 
 
+def test_tw_level_is_the_authors_level_and_beta_is_only_the_dyson_index() -> None:
+    W = np.random.default_rng(3).standard_normal((128, 256))
+    a = fit_mp(W, method="bema", authors_convention=True)
+    b = fit_mp(W, method="bema", tw_level=0.8)
+    assert a.tw_level == b.tw_level == 0.8 and a.edge == b.edge and a.to_dict()["tw_level"] == 0.8
+    assert a.edge_convention == "kml" and fit_mp(W, method="bema").tw_level is None
+    assert fit_mp_batch([W], method="bema", tw_level=0.8)[0].edge == a.edge
+    with pytest.raises(TypeError):
+        fit_mp(W, beta=0.8)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="tw_level"):
+        fit_mp(W, tw_level=1.5)
+
+
 def test_fit_error_is_kolmogorov_distance_of_bulk() -> None:
     sm = make_spiked_matrix((200, 400), [3.0], rng=9)
     f = fit_mp(sm.W)

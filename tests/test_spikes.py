@@ -20,6 +20,7 @@ from mptheory.spikes import (
     gd_omega_approx,
     inverse_bbp,
     inverse_bbp_square,
+    low_rank_signal,
     make_spiked_matrix,
     outlier_eigenvalue,
     outlier_location,
@@ -66,21 +67,21 @@ def test_subcritical_spike_sticks_to_edge_monte_carlo() -> None:
     assert abs(y - (1 + math.sqrt(c))) < 0.03
 
 
-def test_square_variance_g_form_matches_monte_carlo() -> None:
-    # digest G14: N x N noise of variance g/N plus signal singular value theta -> s = theta + g/theta
-    N, g, theta = 800, 0.7, 1.6
+def test_g13_g14_square_form_matches_monte_carlo() -> None:
+    # digest G14: N x N noise of variance sigma2/N, signal singular value theta -> s = theta + sigma2/theta
+    N, sigma2, theta = 800, 0.7, 1.6
     rng = np.random.default_rng(3)
     U, _ = np.linalg.qr(rng.standard_normal((N, 1)))
     V, _ = np.linalg.qr(rng.standard_normal((N, 1)))
-    W = theta * U @ V.T + rng.standard_normal((N, N)) * math.sqrt(g / N)
+    W = theta * U @ V.T + rng.standard_normal((N, N)) * math.sqrt(sigma2 / N)
     s1 = float(np.linalg.norm(W, 2))
-    assert abs(s1 - float(outlier_location_square(theta, g))) < 0.03
-    assert abs(float(inverse_bbp_square(s1, g)) - theta) < 0.05
+    assert abs(s1 - float(outlier_location_square(theta, sigma2))) < 0.03
+    assert abs(float(inverse_bbp_square(s1, sigma2)) - theta) < 0.05
 
 
 # ------------------------------------------------------------------------------------ inverse BBP
 @given(c=ratios, u=st.floats(1.0001, 20.0))
-def test_inverse_bbp_inverts_outlier_map(c: float, u: float) -> None:
+def test_a8_inverse_bbp_inverts_outlier_map(c: float, u: float) -> None:
     x = u * c**0.25
     y = outlier_location(x, c)
     assert y >= 1 + math.sqrt(c) - 1e-12
@@ -104,12 +105,12 @@ def test_outlier_map_monotone_and_above_edge(c: float, x: float, dx: float) -> N
     assert outlier_eigenvalue(x**2, c) == pytest.approx(y0**2, rel=1e-9)
 
 
-@given(g=st.floats(0.01, 10.0), u=st.floats(1.0001, 10.0))
-def test_square_form_is_ratio_one_case(g: float, u: float) -> None:
-    theta = u * math.sqrt(g)
-    s = outlier_location_square(theta, g)
-    assert s == pytest.approx(math.sqrt(g) * outlier_location(u, 1.0), rel=1e-9)
-    assert inverse_bbp_square(s, g) == pytest.approx(theta, rel=1e-6)
+@given(sigma2=st.floats(0.01, 10.0), u=st.floats(1.0001, 10.0))
+def test_g13_g14_square_form_is_ratio_one_case(sigma2: float, u: float) -> None:
+    theta = u * math.sqrt(sigma2)
+    s = outlier_location_square(theta, sigma2)
+    assert s == pytest.approx(math.sqrt(sigma2) * outlier_location(u, 1.0), rel=1e-9)
+    assert inverse_bbp_square(s, sigma2) == pytest.approx(theta, rel=1e-6)
 
 
 def test_thresholds_relations() -> None:
@@ -127,21 +128,21 @@ def test_gd_published_constants() -> None:
     assert gd_omega(1.0) == pytest.approx(2.858, abs=1e-3)  # Gavish & Donoho 2014, square case
 
 
-@given(beta=st.floats(0.02, 1.0))
-def test_gd_omega_uses_exact_mp_median(beta: float) -> None:
-    mu = (gd_lambda_star(beta) / gd_omega(beta)) ** 2
-    a = (1 - math.sqrt(beta)) ** 2
+@given(ratio=st.floats(0.02, 1.0))
+def test_gd_omega_uses_exact_mp_median(ratio: float) -> None:
+    mu = (gd_lambda_star(ratio) / gd_omega(ratio)) ** 2
+    a = (1 - math.sqrt(ratio)) ** 2
     # substitute x = a + t^2 to remove the square-root singularity at the lower edge
     t_hi = math.sqrt(mu - a)
-    # (and split at t ~ sqrt(a), where the 1/x factor has a feature of width sqrt(a) when beta -> 1)
+    # (and split at t ~ sqrt(a), where the 1/x factor has a feature of width sqrt(a) when ratio -> 1)
     def f(t: float) -> float:
-        return 2 * t * _mp_pdf(a + t * t, beta)
+        return 2 * t * _mp_pdf(a + t * t, ratio)
 
     cut = min(100 * math.sqrt(a), t_hi)
     mass = sum(integrate.quad(f, lo, hi, limit=200, epsabs=1e-13)[0] for lo, hi in [(0.0, cut), (cut, t_hi)])
     assert mass == pytest.approx(0.5, abs=1e-7)
     # the published polynomial approximation is close but not exact
-    assert abs(float(gd_omega(beta)) - float(gd_omega_approx(beta))) < 0.02
+    assert abs(float(gd_omega(ratio)) - float(gd_omega_approx(ratio))) < 0.02
 
 
 def test_gd_hard_threshold_known_and_unknown_sigma() -> None:
@@ -257,3 +258,18 @@ def test_pure_noise_strategy_below_gd_threshold(sm) -> None:  # type: ignore[no-
 def test_bad_inputs_raise(call) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError):
         call()
+
+
+def test_low_rank_signal_is_the_one_signal_generator() -> None:
+    theta = np.array([5.0, 2.0, 0.5])
+    S = low_rank_signal((30, 12), theta, rng=1)
+    np.testing.assert_allclose(np.linalg.svd(S, compute_uv=False)[:3], theta, rtol=1e-12)
+    assert np.linalg.matrix_rank(S) == 3 and not low_rank_signal((4, 5), [], rng=0).any()
+    # make_spiked_matrix draws its noise first, then its signal with low_rank_signal
+    sm = make_spiked_matrix((30, 12), (2.0, 3.0), rng=5)
+    gen = np.random.default_rng(5)
+    gen.standard_normal((30, 12))
+    expected = low_rank_signal((30, 12), np.array([2.0, 3.0]) * bbp_singular_threshold((30, 12)), gen)
+    np.testing.assert_array_equal(sm.signal, expected)
+    with pytest.raises(ValueError, match="rank"):
+        low_rank_signal((3, 2), [1.0, 1.0, 1.0])

@@ -1,40 +1,21 @@
-"""Result object shared by every symbolic check, and a small step recorder."""
+"""The step recorder of a symbolic check: each step simplifies to zero (or a spot check agrees), and
+:meth:`Steps.finish` turns the steps into the project's one :class:`mptheory.verdict.CheckResult`.
+
+A symbolic result is one case (one lemma) of kind ``"symbolic"``; its ``details`` hold the check ``name``,
+the lemma ``statement``, the digest ``claims`` whose algebra it covers and one line per ``steps``.
+"""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import sympy as sp
 
+from mptheory.verdict import CheckResult
+
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """Outcome of one symbolic check.
-
-    ``name`` is the module-level check name, ``statement`` the lemma in words, ``passed`` is True only
-    when every symbolic step (and every numerical spot check) succeeded, ``details`` lists one line per
-    step, ``claims`` names the digest claims (D4, R1, ...) whose algebra the check covers and
-    ``seconds`` is the wall time of the check.
-    """
-
-    name: str
-    statement: str
-    passed: bool
-    details: tuple[str, ...]
-    claims: tuple[str, ...] = ()
-    seconds: float = 0.0
-
-    def summary(self) -> str:
-        """One line: verdict, name and the first failing step (if any)."""
-        verdict = "PASS" if self.passed else "FAIL"
-        failing = [d for d in self.details if d.startswith("FAIL")]
-        tail = f" — {failing[0]}" if failing else ""
-        return f"[{verdict}] {self.name}{tail}"
 
 
 def factor_sqrts(expr: sp.Expr) -> sp.Expr:
@@ -47,14 +28,13 @@ def factor_sqrts(expr: sp.Expr) -> sp.Expr:
 
 @dataclass
 class Steps:
-    """Records the steps of a derivation; ``finish`` turns them into a :class:`CheckResult`."""
+    """Records the steps of a derivation; ``finish`` turns them into a symbolic :class:`CheckResult`."""
 
     name: str
     statement: str
     claims: tuple[str, ...] = ()
     lines: list[str] = field(default_factory=list)
     ok: bool = True
-    _t0: float = field(default_factory=time.perf_counter)
 
     def record(self, label: str, ok: bool, info: str = "") -> bool:
         """Record one step; a failing step makes the whole check fail."""
@@ -86,12 +66,18 @@ class Steps:
             return None
 
     def finish(self) -> CheckResult:
-        """Freeze the recorded steps into a result."""
-        return CheckResult(
-            name=self.name,
-            statement=self.statement,
-            passed=self.ok,
-            details=tuple(self.lines),
-            claims=self.claims,
-            seconds=time.perf_counter() - self._t0,
-        )
+        """Freeze the recorded steps into a symbolic result (passes iff every step succeeded)."""
+        return CheckResult.symbolic(self.ok, name=self.name, statement=self.statement,
+                                    claims=list(self.claims), steps=list(self.lines))
+
+
+def steps_of(result: CheckResult) -> list[str]:
+    """The recorded step lines of a symbolic result ("ok   ..." or "FAIL ...")."""
+    return list(result.details.get("steps", []))
+
+
+def summary(result: CheckResult) -> str:
+    """One line: verdict, name and the first failing step (if any)."""
+    failing = [d for d in steps_of(result) if d.startswith("FAIL")]
+    tail = f" — {failing[0]}" if failing else ""
+    return f"[{result.verdict.upper()}] {result.details.get('name', '?')}{tail}"
