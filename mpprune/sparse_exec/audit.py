@@ -95,9 +95,10 @@ class SpeedLedger:
         }
 
     def write(self, path: str | Path) -> Path:
-        """Write :meth:`to_dict` as JSON (atomically)."""
+        """Write :meth:`to_dict` as JSON (atomically; missing parent folders are created)."""
         from mptheory.io import atomic_write_json
 
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         return atomic_write_json(path, self.to_dict())
 
     def table(self) -> str:

@@ -219,7 +219,8 @@ def pack_2to4(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     ``values`` has shape ``(rows, cols/2)``, ``metadata`` the reordered int16 (int32 for int8) words.
     BadInput when the pattern does not hold (packing would drop entries) or the shape is not one CUTLASS
-    packs (rows a multiple of 32, or 16 for int8; columns a multiple of 16, 32 for int8).
+    packs (positive multiples of its minimum sparse block: 32x64 for 16-bit, 32x32 for float32, 16x128
+    for int8).
     """
     if dense.dim() != 2:
         raise BadInput(f"pack_2to4 expects a 2-D matrix, got shape {tuple(dense.shape)}")
@@ -232,10 +233,11 @@ def pack_2to4(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if why is not None:
         raise BadInput(f"pack_2to4 of a {tuple(dense.shape)} {dense.dtype} matrix: {why}")
     rows, cols = dense.shape
-    row_mult, col_mult = (16, 32) if dense.dtype == torch.int8 else (32, 16)
+    row_mult, col_mult = _CUTLASS_SHAPES[dense.dtype]
     if rows % row_mult or cols % col_mult or rows == 0 or cols == 0:
         raise BadInput(
-            f"pack_2to4: shape {tuple(dense.shape)} must be positive multiples of ({row_mult}, {col_mult})"
+            f"pack_2to4: shape {tuple(dense.shape)} must be positive multiples of ({row_mult}, {col_mult}) "
+            f"for {dense.dtype}"
         )
     values, meta = _conversions().sparse_semi_structured_from_dense_cutlass(dense.contiguous())
     return values, meta
