@@ -577,3 +577,48 @@ def test_cpu_packing_matches_cutlass_on_gpu() -> None:  # pragma: no cover - nee
     values, meta = pack_2to4(w)
     sparse = torch.sparse.SparseSemiStructuredTensorCUTLASS.from_dense(w.cuda())
     assert torch.equal(sparse.packed.cpu(), values) and torch.equal(sparse.meta.cpu(), meta)
+
+
+# -- the benchmark's helpers ------------------------------------------------------------------------
+
+
+def test_benchmark_masks() -> None:
+    from benchmarks.sparse_exec import magnitude_
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, groups=8), nn.Flatten(), nn.Linear(8, 12))
+    w0 = net[3].weight.detach().clone()
+    skipped = magnitude_(net, "2:4")
+    assert skipped == ["0", "1"]  # 27 inputs is not a multiple of 4; depthwise stays dense
+    w = net[3].weight.detach()
+    assert kn_violation(w, 2, 4) is None and int((w != 0).sum()) == w.numel() // 2
+    kept_min = w0.abs()[w != 0].reshape(12, 2, 2).min(-1).values
+    dropped_max = w0.abs()[w == 0].reshape(12, 2, 2).max(-1).values
+    assert bool((kept_min >= dropped_max).all()), "2:4 keeps the two largest of every four"
+    net2 = nn.Sequential(nn.Linear(10, 10))
+    magnitude_(net2, "0.8")
+    w2 = net2[0].weight.detach()
+    assert int((w2 == 0).sum()) == 80
+
+
+def test_benchmark_rows_and_crossover() -> None:
+    from benchmarks.sparse_exec import crossover, render, rows_of
+
+    model = prune_(mlp(), 0.9)
+    ledger = audit(
+        model,
+        torch.randn(2, 32),
+        timer=FakeTimer({"dense": 2.0, "sparse": 1.0, "csr[tile=16]": 1.0}),
+        batch_sizes=(1, 2),
+    )
+    rows = rows_of("vit", "0.9", 2, ledger)
+    assert [r["what"] for r in rows] == ["0", "2", "WHOLE MODEL", "WHOLE MODEL"]
+    assert all(r["ratio"] == pytest.approx(2.0) for r in rows)
+    assert "WHOLE MODEL" in render(rows)
+    fake = [
+        {"model": "vit", "level": lv, "what": "fc1", "batch": 1, "ratio": ratio}
+        for lv, ratio in [("0.5", 0.3), ("0.8", 0.9), ("0.85", 1.1), ("0.9", 1.8), ("2:4", 0.3)]
+    ] + [{"model": "vit", "level": "0.9", "what": "fc2", "batch": 1, "ratio": 0.9}]
+    got = crossover(fake)
+    assert got["fc1[batch=1]"]["first_faster_level"] == 0.85 and "2:4" not in got["fc1[batch=1]"]["ratios"]
+    assert got["fc2[batch=1]"]["first_faster_level"] is None
