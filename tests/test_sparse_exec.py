@@ -464,8 +464,10 @@ def test_to_semi_structured_decisions_with_a_fake_backend() -> None:
     # convs=False leaves every conv dense; an unknown dtype has no kernel
     conv2 = to_semi_structured(model, x, dtype=torch.float32, backend=be, timer=timer, convs=False)
     assert "convs=False" in (conv2.decisions[1].reason or "")
-    conv3 = to_semi_structured(model, x, dtype=torch.float64, backend=be, timer=FakeTimer())
-    assert conv3.converted == [] and "no 2:4 kernel for float64" in (conv3.decisions[1].reason or "")
+    conv3 = to_semi_structured(model, x, dtype=torch.bfloat16, backend=be, timer=FakeTimer())
+    assert conv3.converted == [] and "no 2:4 kernel for bfloat16" in (conv3.decisions[1].reason or "")
+    with pytest.raises(BadInput, match="dtype"):
+        to_semi_structured(model, x, dtype=torch.float64, backend=be, timer=FakeTimer())
     assert isinstance(model[1], nn.Conv2d) and model[1].weight.dtype == torch.float32
 
 

@@ -3,7 +3,8 @@
 Backends (torch core, no other dependency)
     ``"cusparselt"`` (:class:`torch.sparse.SparseSemiStructuredTensorCUSPARSELT`, where torch was built
     with it and the GPU supports it) and ``"cutlass"``
-    (:class:`torch.sparse.SparseSemiStructuredTensorCUTLASS`, compute capability 8.x); ``"auto"`` takes
+    (:class:`torch.sparse.SparseSemiStructuredTensorCUTLASS`, compute capability >= 8.0; torch tests it
+    on 8.x, and a kernel that fails on a newer GPU is recorded as the layer's reason); ``"auto"`` takes
     cuSPARSELt when present. Both are CUDA-only: on any other device every layer stays dense with the
     reason "no semi-structured sparse kernel on this device", and nothing is timed.
 
@@ -52,6 +53,7 @@ from mpprune.sparse_exec.timing import Timer, TorchTimer
 from mptheory.errors import BadInput
 
 __all__ = [
+    "EXPORT_DTYPES",
     "SEMI_STRUCTURED_BACKENDS",
     "SemiStructuredBackend",
     "semi_structured_backend",
@@ -65,6 +67,8 @@ __all__ = [
 
 #: Names accepted by :func:`semi_structured_backend` (besides ``"auto"``).
 SEMI_STRUCTURED_BACKENDS = ("cutlass", "cusparselt")
+#: Precisions a model is exported in (the dense baseline runs in the same one).
+EXPORT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 # (min rows, min cols) of the sparse matrix per dtype, as torch 2.14 declares them; read from torch when
 # its (private) table is there.
@@ -392,6 +396,8 @@ def to_semi_structured(
         raise BadInput(f"to_semi_structured expects an nn.Module, got {type(model).__name__}")
     if min_speedup <= 0:
         raise BadInput(f"min_speedup must be > 0, got {min_speedup}")
+    if dtype not in EXPORT_DTYPES:
+        raise BadInput(f"dtype must be one of {[str(d) for d in EXPORT_DTYPES]}, got {dtype}")
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     be = semi_structured_backend(backend, device)
