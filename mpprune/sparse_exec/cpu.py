@@ -6,16 +6,21 @@ Kernel
     ``X = x.T`` for a Linear, the ``F.unfold`` columns of one image for a Conv2d (a 1x1 conv with stride 1
     and no padding is a reshape). The columns are processed ``tile`` at a time so that the slice of ``X``
     the kernel gathers rows from stays in cache: MKL walks the nonzeros of each row of ``W`` and, for
-    each, adds a scaled row of ``X``, so ``X`` is read once per nonzero. Measured on an AMD EPYC (Zen 4)
-    with one thread, the 768x3072 ViT-B/16 ``fc2`` at 90 % unstructured sparsity and 197 tokens ran
-    about 1x dense untiled (its 3072x197 ``X`` is 2.4 MB, larger than L2) and 1.5-3x with 32-column tiles.
+    each, adds a scaled row of ``X``, so ``X`` is read once per nonzero. On an AMD EPYC (Zen 4), one
+    thread, the 768x3072 ViT-B/16 ``fc2`` at 90 % unstructured sparsity on 197 tokens ran 1.0-1.8x dense
+    untiled (its 3072x197 ``X`` is 2.4 MB, more than L2) and 1.4-3x with 32-column tiles.
 
-Where it loses
-    CSR pays an index load and a scattered row read per nonzero, where dense GEMM streams through
-    registers, so it needs high sparsity: on that machine it is about 0.3x dense at 50 % (so also at
-    2:4; no CPU kernel exploits the 2:4 structure), about 0.5-1x at 80 %, and crosses over between
-    85 % and 90 %. Native dense convolutions (oneDNN) are faster than im2col, so a kxk conv needs
-    still higher sparsity. This is why every layer is timed before it is converted.
+Where it wins and where it loses (``benchmarks/sparse_exec.py``, one thread, a shared and loaded machine)
+    CSR pays an index load and a scattered row read per nonzero where dense GEMM streams through
+    registers, so it needs high sparsity. ViT-B/16 MLP layers (197 and 1576 tokens): about 0.5x dense at
+    50 %, 0.2-0.7x at 2:4 (no CPU kernel exploits the 2:4 structure), 0.6-0.9x at 70 %, break-even
+    around 80 % (1.0-1.2x per layer, 0.8-1.1x for the whole block), 1.2-1.6x at 85 %, 1.7-2.0x at 90 %,
+    2-5x at 95 %. Convolutions go through im2col, and native dense convolutions (oneDNN) are faster than
+    that: the MNIST CNN's 3x3 convs stay at or below 0.4x even at 90 %, while EfficientNet-Lite0's 1x1
+    convs (a reshape, no unfold) reach 0.5-1.4x at 80 % and 0.9-3x at 90 %. A Linear on one token (a
+    matrix-vector product, e.g. a classifier head at batch 1) lost (0.6-0.7x at 80-90 %). With two
+    threads on that loaded 2-core machine the sparse path lost everywhere (0.2-0.8x). This is why every
+    layer is timed, at the thread count it will run with, before it is converted.
 
 Precision
     MKL's sparse BLAS serves float32 and float64 only; other dtypes stay dense with that reason.

@@ -330,5 +330,5 @@ def decide(
     if speedup >= min_speedup:
         decision.converted = True
         return dict(ok)[best_variant]
-    decision.reason = f"measured slower than needed: {speedup:.2f}x < min_speedup {min_speedup:.2f}x"
+    decision.reason = f"not fast enough: measured {speedup:.2f}x dense, min_speedup {min_speedup:.2f}x"
     return None
