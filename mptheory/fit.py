@@ -18,10 +18,11 @@ O(n^{−1/3}) TW units (≈ 0.5 at 256×128, 0.3 at 1024×512, 0.24 at 2048×102
 therefore :func:`~mptheory.tracy_widom.tw_ratio_quantile` — TW₁ shifted by the bias of ε and convolved with
 the part of its normal spread that ``λ₁`` does not share — with bias, sd and correlation of ε derived below
 (never fitted to simulations).  ``sigma2_error=False`` gives the plain TW₁ (1−δ)-quantile, which is right
-only for a known σ²; on pure noise it over-rejects by up to ~25 % of δ at 256×128 (≈ 2× for ``gd``'s
-noisier median), the excess shrinking like n^{−1/3}.  Johnstone's (n−1, p) form is kept rather than Ma's
-(2012) symmetric (n−½, p−½) one: with σ² known both give false-positive rates within simulation error
-of δ from 256×128 to 2048×1024 (``benchmarks/fit_calibration.py``).
+only for a known σ²; on pure noise it over-rejects by 10–35 % of δ at 128×64 to 256×128 (up to ≈ 2× for
+the edge of ``gd``'s noisier median), the excess shrinking like n^{−1/3} (``benchmarks/fit_calibration.py``).
+Johnstone's (n−1, p) form is kept rather than Ma's (2012) symmetric (n−½, p−½) one: with σ² known both
+give false-positive rates within simulation error of δ (2000 exact-law draws per shape, 256×128 to
+2048×1024 and 512×512; the two centrings differ by ≤ 0.035 TW units there).
 ``edge_sigma = √(n·edge)`` is the same edge on the singular-value scale.  The asymptotic edges are
 ``λ± = σ²(1 ± √c)²`` and ``σ₊ = σ(√N + √M)``.
 
@@ -35,7 +36,7 @@ the variance ``κ²·½ Σ_k k a_k²`` (``gd``'s discontinuous ``g``: terms ``k 
 eigenvalue is the response of the upper MP edge ``b`` to the tilt ``exp(s Σ g(λ_j))``, i.e. to the potential
 ``V − (2s/p)g``: ``Cov(λ₁, Σ g) = (2b/n)(1/π)∫₀^π g′(x(θ))(1 + cos θ) dθ`` (exact for ``g(x) = x``, where
 ``λ₁``/trace is independent of the trace).  On exact-law pure-noise draws these match the simulated sd to
-~3 %, the bias to ~20 % of its (small) size and the correlation (≈ 0.07–0.11) within its sampling error.
+~3 %, the bias to ~20 % of its (small) size and the correlation (≈ 0.05–0.1) within its sampling error.
 The edge uses them for its own shape: the full ``n × p`` (``rcb``'s bulk of ``p − k`` eigenvalues has an
 error larger by O(k/p) only), the deflated ``(n−k) × (p−k)`` for ``rcb_edge="deflated"``.
 
@@ -589,8 +590,8 @@ def fit_mp(
         away on heavy-tailed (non-MP) trained spectra.
     sigma2_error : bool
         ``True`` (default): the edge's TW₁ level accounts for the sampling error of σ̂² (module docstring).
-        ``False``: the plain TW₁ (1−δ)-quantile, which treats σ̂² as exact (the edge of mptheory ≤ 0.x;
-        calibrated only when σ² is known).
+        ``False``: the plain TW₁ (1−δ)-quantile, which treats σ̂² as exact (the edge of earlier versions,
+        reproduced bit for bit; calibrated only when σ² is known).
     """
     if (W is None) == (eigenvalues is None):
         raise ValueError("give exactly one of W and eigenvalues=")

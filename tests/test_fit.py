@@ -402,3 +402,23 @@ def test_bad_inputs_batch() -> None:
         fit_mp_batch([np.eye(4), np.full((3, 3), np.nan)])
     with pytest.raises(ValueError):
         fit_mp(np.eye(4), eigenvalues=np.ones(4), shape=(4, 4))
+
+
+def test_fit_calibration_benchmark_smoke(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from benchmarks.fit_calibration import main
+
+    out = tmp_path / "bench" / "fit_calibration.json"
+    args = ["--trials", "40", "--shapes", "40x20", "--recovery-trials", "3", "--recovery-shape", "60", "30"]
+    assert main([*args, "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    rows = res["false_positives"]
+    assert [r["shape"] for r in rows] == [[40, 20]] * 3 + [[20, 40]] * 3
+    for r in rows:
+        assert r["tolerance"] == pytest.approx(r["delta"] + 3 * math.sqrt(r["delta"] * (1 - r["delta"]) / 40))
+        assert 0.0 <= r["oracle"] <= 1.0 and r["gd"]["after"] <= r["gd edge"]["after"]
+    assert rows[:3] == [dict(r, shape=[40, 20]) for r in rows[3:]]  # same spectra, same fits
+    assert [r["regime"] for r in res["recovery"]] == ["few", "many", "at 1.3x"]
+    # bema's σ̂² does not depend on the edge: the same error before and after
+    for rec in res["recovery"]:
+        bema = rec["bema"]
+        assert bema["after"]["sigma2_relerr_noise_mean"] == bema["before"]["sigma2_relerr_noise_mean"]
