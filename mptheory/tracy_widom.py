@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from numpy.polynomial import chebyshev as _cheb
 from numpy.polynomial.legendre import leggauss
+from scipy.optimize import brentq
 from scipy.special import airy
 from scipy.stats import rv_continuous
 
@@ -39,6 +40,7 @@ __all__ = [
     "TracyWidom",
     "fredholm_logcdf",
     "tw_edge_quantile",
+    "tw_ratio_quantile",
     "TABLE_RANGE",
 ]
 
@@ -403,3 +405,54 @@ def tw_edge_quantile(delta: Any, beta: int = 1) -> Any:
         raise ValueError(f"delta must lie in the open interval (0, 1), got {delta!r}")
     out = _law(beta).isf(d)
     return float(out) if d.ndim == 0 else np.asarray(out)
+
+
+_GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(32)  # E h(Z) ≈ Σ w_j h(z_j), Z ~ N(0, 1)
+_GH_WEIGHTS = _GH_WEIGHTS / _GH_WEIGHTS.sum()
+
+
+def tw_ratio_quantile(
+    delta: float, ratio: float, rel_sd: float, rel_bias: float = 0.0, corr: float = 0.0, beta: int = 1
+) -> float:
+    """Upper-δ level ``t`` of a Tracy–Widom edge test whose scale is estimated with a small relative error.
+
+    The test rejects when ``ℓ₁ > σ̂²(μ + tσ)`` where ``X = (ℓ₁/σ² − μ)/σ ~ TW_β``, ``ratio = μ/σ`` and the
+    scale estimate is ``σ̂² = σ²(1 + ε)``, ``ε`` normal with mean ``rel_bias``, sd ``rel_sd`` and
+    correlation ``corr`` with ``X``.  The rejection event is ``X − εB > t`` with ``B = ratio + t``.  To second
+    order in ``ε`` (the part of ``X`` that ``ε`` predicts is ``γ(ε − b)``, ``γ = corr·sd(X)/rel_sd``),
+    ``X − εB`` is ``TW_β`` shifted by ``−rel_bias·B`` and convolved with a centred normal of variance
+    ``rel_sd²·B² − 2B·corr·sd(X)·rel_sd`` (floored at 0: never narrower than ``TW_β``), so ``t`` solves
+
+        E_Z[ 1 − F_β(t + B·(rel_bias + s_eff Z)) ] = δ,   s_eff² = max(rel_sd² − 2 corr sd(X) rel_sd / B, 0),
+
+    by 32-node Gauss–Hermite in ``Z`` (``rel_bias + s_eff Z`` floored at −0.99) and Brent's method in ``t``.
+    ``rel_sd = rel_bias = 0`` gives ``tw_edge_quantile(delta, beta)``.
+    """
+    beta = _check_beta(beta)
+    if not (0.0 < float(delta) < 1.0):
+        raise ValueError(f"delta must lie in the open interval (0, 1), got {delta!r}")
+    a, sd, bias, rho = float(ratio), float(rel_sd), float(rel_bias), float(corr)
+    if not all(np.isfinite([a, sd, bias, rho])) or a <= 0.0 or sd < 0.0 or abs(rho) > 1.0:
+        raise ValueError(
+            f"need ratio > 0, rel_sd >= 0, |corr| <= 1 and a finite rel_bias; got {ratio!r}, {rel_sd!r}, "
+            f"{corr!r}, {rel_bias!r}"
+        )
+    law = _law(beta)
+    t0 = float(law.isf(float(delta)))
+    if sd == 0.0 and bias == 0.0:
+        return t0
+    sd_x = float(law.std())
+
+    def excess(t: float) -> float:
+        b = a + t
+        s_eff = np.sqrt(max(sd * sd - 2.0 * rho * sd_x * sd / b, 0.0)) if b > 0.0 else sd
+        eps = np.maximum(bias + s_eff * _GH_NODES, -0.99)
+        return float(_GH_WEIGHTS @ law.sf(t + eps * b)) - float(delta)
+
+    lo, hi, step = t0 - 0.5, t0 + 0.5, 1.0
+    while excess(lo) < 0.0:
+        lo, step = lo - step, 2.0 * step
+    step = 1.0
+    while excess(hi) > 0.0:
+        hi, step = hi + step, 2.0 * step
+    return float(brentq(excess, lo, hi, xtol=1e-12, rtol=1e-12))

@@ -1,4 +1,4 @@
-"""Tests for mptheory.fit: σ² accuracy, spike-count recovery, false-positive rate, batching, validation."""
+"""Tests for mptheory.fit: σ² and its sampling error, the δ promise, spike counts, batching, validation."""
 
 from __future__ import annotations
 
@@ -8,23 +8,30 @@ import math
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from scipy import stats
+from scipy import integrate, stats
 
-from mptheory.fit import fit_mp, fit_mp_batch, spike_recovery_trial
+from mptheory.fit import fit_mp, fit_mp_batch, spike_recovery_trial, wishart_eigenvalues
+from mptheory.mp import batched_eigenvalues
 from mptheory.spikes import gd_lambda_star, make_spiked_matrix
 from mptheory.strategies import pure_noise, shapes, spiked_matrices
-from mptheory.tracy_widom import TracyWidom
+from mptheory.tracy_widom import TracyWidom, tw_edge_quantile, tw_ratio_quantile
 
 
 def _binom_upper(p: float, n: int, z: float = 3.0) -> float:
     return p + z * math.sqrt(p * (1 - p) / n)
 
 
-def _johnstone_edge(sigma2: float, p: int, n: int, delta: float, n_norm: int) -> float:
-    """Independent restatement of Johnstone (2001) centring/scaling (peers §7.7); scale s²/n_norm."""
+def _johnstone_edge(
+    sigma2: float, p: int, n: int, delta: float, n_norm: int, t: float | None = None
+) -> float:
+    """Independent restatement of Johnstone (2001) centring/scaling (peers §7.7); scale s²/n_norm.
+
+    ``t`` is the TW₁ level (default: the plain (1−δ)-quantile, i.e. σ² treated as known).
+    """
     mu = (math.sqrt(n - 1) + math.sqrt(p)) ** 2
     sd = (math.sqrt(n - 1) + math.sqrt(p)) * (1 / math.sqrt(n - 1) + 1 / math.sqrt(p)) ** (1 / 3)
-    return sigma2 * (mu + float(TracyWidom(beta=1).ppf(1 - delta)) * sd) / n_norm
+    level = float(TracyWidom(beta=1).ppf(1 - delta)) if t is None else t
+    return sigma2 * (mu + level * sd) / n_norm
 
 
 # ------------------------------------------------------------------------------------ accuracy of σ²
@@ -49,7 +56,13 @@ def test_sigma2_gd_uses_exact_median() -> None:
     mu = _mp_median_by_bisection(120 / 300)  # independent: bisection on a quadrature of the density
     assert f.sigma2 == pytest.approx(np.median(ev) / mu, rel=1e-9)
     assert f.threshold == pytest.approx(gd_lambda_star(0.4) ** 2 * f.sigma2, rel=1e-12)
-    assert f.edge == pytest.approx(_johnstone_edge(f.sigma2, 120, 300, 0.05, 300), rel=1e-9)
+    # the default edge: Johnstone's form at the level that accounts for the sampling error of σ̂²
+    assert f.edge == pytest.approx(_johnstone_edge(f.sigma2, 120, 300, 0.05, 300, f.edge_quantile), rel=1e-9)
+    assert f.edge_quantile > tw_edge_quantile(0.05)
+    # sigma2_error=False: the plain TW₁ quantile (σ² treated as exact), as before
+    g = fit_mp(W, method="gd", sigma2_error=False)
+    assert g.sigma2 == f.sigma2 and g.edge_quantile == pytest.approx(tw_edge_quantile(0.05), rel=1e-12)
+    assert g.edge == pytest.approx(_johnstone_edge(f.sigma2, 120, 300, 0.05, 300), rel=1e-9)
 
 
 def _mp_median_by_bisection(c: float) -> float:
@@ -105,14 +118,19 @@ def test_false_positive_rate_on_pure_noise_is_delta(delta: float) -> None:
 
 
 @pytest.mark.parametrize("rcb_edge", ["full", "deflated"])
-def test_edge_is_johnstone_and_rank_corrected_at_fixed_point(rcb_edge: str) -> None:
+@pytest.mark.parametrize("sigma2_error", [True, False])
+def test_edge_is_johnstone_and_rank_corrected_at_fixed_point(rcb_edge: str, sigma2_error: bool) -> None:
     sm = make_spiked_matrix((300, 500), [2.0, 3.0, 4.0, 0.5], sigma2=2.0, rng=5)
-    f = fit_mp(sm.W, rcb_edge=rcb_edge)
+    f = fit_mp(sm.W, rcb_edge=rcb_edge, sigma2_error=sigma2_error)
     k = f.n_spikes
     assert k == 3 and f.converged
     assert f.bulk_shape == (300 - k, 500 - k)
     p_e, n_e = (300, 500) if rcb_edge == "full" else (300 - k, 500 - k)
-    assert f.edge == pytest.approx(_johnstone_edge(f.sigma2, p_e, n_e, 0.05, 500), rel=1e-9)
+    t = f.edge_quantile if sigma2_error else None
+    assert f.edge == pytest.approx(_johnstone_edge(f.sigma2, p_e, n_e, 0.05, 500, t), rel=1e-9)
+    # the σ̂² error is that of pure noise of the edge's shape
+    noise = fit_mp(eigenvalues=np.linspace(0.5, 1.5, p_e), shape=(p_e, n_e), method="bema")
+    assert f.sigma2_rel_sd == pytest.approx(noise.sigma2_rel_sd, rel=1e-12)
     ev = np.linalg.eigvalsh(sm.W @ sm.W.T) / 500
     assert k == int(np.sum(ev > f.edge))  # fixed point: the count above the recomputed edge is k
     assert f.edge_sigma == pytest.approx(math.sqrt(500 * f.edge))
@@ -156,6 +174,147 @@ def test_fit_error_is_kolmogorov_distance_of_bulk() -> None:
     U, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((400, 200)))
     bad = fit_mp(U[:200, :] * np.linspace(1, 30, 200), method="bema")
     assert bad.fit_error > 5 * f.fit_error
+
+
+# ------------------------------------------------------------------------------------ the δ promise
+_DELTAS = (0.01, 0.05, 0.1)
+
+
+def _fp_rates(ev: np.ndarray, shape: tuple[int, int], method: str = "rcb") -> dict[float, float]:
+    """Fraction of pure-noise spectra (rows of ``ev``) in which ``fit_mp`` reports a spike, per δ."""
+    return {
+        d: float(np.mean([f.n_spikes > 0 for f in fit_mp_batch(eigenvalues=ev, shape=shape, method=method,
+                                                               delta=d)]))
+        for d in _DELTAS
+    }
+
+
+@pytest.mark.parametrize("shape", [(128, 64), (64, 128)])
+def test_false_positive_rate_with_estimated_sigma2_is_delta(shape: tuple[int, int]) -> None:
+    # Dense Gaussian matrices as users fit them, σ² estimated. K = 3500 gives the upper bound power: a 2x
+    # excess (2δ) exceeds δ + 3·sd with probability ≥ 98 % at δ = 0.01 and ~1 at δ = 0.05, 0.1 (the plain
+    # TW₁ edge, sigma2_error=False, runs ~20-60 % above δ at this size).
+    K = 3500
+    rng = np.random.default_rng(20240 + shape[0])
+    ev = np.concatenate([batched_eigenvalues([rng.standard_normal(shape) for _ in range(500)])
+                         for _ in range(K // 500)])
+    for d, fp in _fp_rates(ev, shape).items():
+        sd = math.sqrt(d * (1 - d) / K)
+        assert d - 3 * sd <= fp <= d + 3 * sd, (shape, d, fp)
+
+
+def test_sigma2_rel_sd_is_the_sampling_sd_of_sigma2() -> None:
+    # the derived sd of σ̂²/σ² (linear-spectral-statistics CLT) against its Monte Carlo value
+    shape, K = (200, 100), 600
+    ev = wishart_eigenvalues(shape, K, sigma2=2.5, rng=3)
+    sds = {}
+    for method in ("bema", "gd"):
+        fits = fit_mp_batch(eigenvalues=ev, shape=shape, method=method)
+        s2 = np.array([f.sigma2 for f in fits]) / 2.5
+        derived = sds[method] = fits[0].sigma2_rel_sd
+        assert all(f.sigma2_rel_sd == derived for f in fits)  # a property of the shape, not of the draw
+        # sd of a sample sd over 600 draws is ~3 %: 15 % is a > 4-sd band
+        assert float(np.std(s2)) == pytest.approx(derived, rel=0.15), method
+        assert abs(float(np.mean(s2)) - 1) < 4 * derived / math.sqrt(K)
+    assert fit_mp(eigenvalues=ev[0], shape=shape).sigma2_rel_sd == pytest.approx(
+        fit_mp(eigenvalues=ev[0], shape=shape, method="bema").sigma2_rel_sd)  # rcb with k = 0 is bema
+    # halving both sides halves the error: sd = O(1/p), not O(1/sqrt(p))
+    big = fit_mp(eigenvalues=np.linspace(0.5, 1.5, 200), shape=(400, 200), method="bema").sigma2_rel_sd
+    assert big == pytest.approx(sds["bema"] / 2, rel=0.05)
+
+
+def test_wishart_eigenvalues_has_the_law_of_dense_noise() -> None:
+    K = 2000
+    rng = np.random.default_rng(8)
+    for shape in ((60, 25), (25, 60)):
+        dense = np.concatenate([batched_eigenvalues([rng.standard_normal(shape) * 1.5 for _ in range(500)])
+                                for _ in range(K // 500)])
+        tri = wishart_eigenvalues(shape, K, sigma2=2.25, rng=rng)
+        assert tri.shape == (K, 25) and np.all(np.diff(tri, axis=1) >= 0)
+        for stat in (lambda e: e[:, -1], lambda e: e[:, 12], lambda e: e[:, 0], lambda e: e.sum(axis=1)):
+            assert stats.ks_2samp(stat(tri), stat(dense)).pvalue > 1e-3
+        # E trace = p σ² exactly; Var trace = 2 p σ⁴ / n
+        sd_trace = math.sqrt(2 * 25 * 2.25**2 / 60 / K)
+        assert abs(tri.sum(axis=1).mean() - 25 * 2.25) < 4 * sd_trace
+    with pytest.raises(ValueError):
+        wishart_eigenvalues((1, 5), 3)
+
+
+def test_tw_ratio_quantile() -> None:
+    tw = TracyWidom(beta=1)
+    for d in _DELTAS:
+        assert tw_ratio_quantile(d, 100.0, 0.0) == pytest.approx(tw_edge_quantile(d), rel=1e-12)
+    # uncorrelated error: independent check by adaptive quadrature over ε ~ N(b, s²)
+    a, s, b, d = 129.0, 0.0023, -0.0003, 0.05
+    t = tw_ratio_quantile(d, a, s, b)
+    tail = integrate.quad(lambda z: float(tw.sf(t + (b + s * z) * (a + t))) * stats.norm.pdf(z), -12, 12)[0]
+    assert tail == pytest.approx(d, abs=1e-7)
+    assert t > tw_edge_quantile(d)  # a noisy σ̂² needs a higher level
+    # the part of the error that the top eigenvalue shares (corr > 0) needs less
+    assert tw_edge_quantile(d) < tw_ratio_quantile(d, a, s, 0.0, 0.1) < tw_ratio_quantile(d, a, s, 0.0, 0.0)
+    # fully shared (s·B <= 2 corr sd(X)): only the bias remains, t(1 + b) + b·a = t₀
+    t0, t1 = tw_edge_quantile(d), tw_ratio_quantile(d, a, 0.002, b, 1.0)
+    assert t1 == pytest.approx((t0 - b * a) / (1 + b), rel=1e-9)
+    for bad in ((0.0, a, s), (d, -1.0, s), (d, a, -s), (d, a, math.nan)):
+        with pytest.raises(ValueError):
+            tw_ratio_quantile(*bad)
+    with pytest.raises(ValueError):
+        tw_ratio_quantile(d, a, s, 0.0, 1.5)
+
+
+def test_fit_mp_batch_on_eigenvalues_equals_fit_mp() -> None:
+    rng = np.random.default_rng(12)
+    mats = [make_spiked_matrix((90, 60), f, rng=rng).W for f in ([], [2.0], [1.5, 3.0])]
+    ev = batched_eigenvalues(mats)
+    for kw in ({}, {"method": "gd", "delta": 0.1}, {"sigma2_error": False}, {"authors_convention": True}):
+        batch = fit_mp_batch(eigenvalues=ev[:, ::-1], shape=(90, 60), **kw)  # any order within a row
+        for W, b in zip(mats, batch):
+            a = fit_mp(W, **kw)
+            assert b.shape == (90, 60) and b.n_spikes == a.n_spikes
+            assert b.edge == pytest.approx(a.edge, rel=1e-10) and b.edge_quantile == a.edge_quantile
+    kml = fit_mp_batch(eigenvalues=ev, shape=(90, 60), authors_convention=True)[0]
+    assert kml.edge_quantile == pytest.approx(float(TracyWidom(beta=1).ppf(0.2)), rel=1e-12)
+    assert fit_mp(mats[0], authors_convention=True, sigma2_error=False).edge == kml.edge
+    for kwargs, match in [
+        ({"matrices": mats, "eigenvalues": ev, "shape": (90, 60)}, "exactly one"),
+        ({"eigenvalues": ev}, "shape"),
+        ({"matrices": mats, "shape": (90, 60)}, "shape"),
+        ({"eigenvalues": ev[:, :10], "shape": (90, 60)}, r"\(90, 60\)"),
+        ({"eigenvalues": ev[0], "shape": (90, 60)}, "2-D"),
+        ({"eigenvalues": -ev, "shape": (90, 60)}, "non-negative"),
+        ({"matrices": mats, "sigma2_error": "yes"}, "sigma2_error"),
+        ({"matrices": mats, "bogus": 1}, "bogus"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            fit_mp_batch(**kwargs)
+    with pytest.raises(ValueError, match="sigma2_error"):
+        fit_mp(mats[0], sigma2_error=None)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", [(256, 128), (512, 256), (1024, 512), (2048, 1024)])
+def test_false_positive_rate_with_estimated_sigma2_is_delta_sweep(shape: tuple[int, int]) -> None:
+    # exact-law spectra (wishart_eigenvalues; its law is pinned against dense matrices above); W and Wᵀ share
+    # the spectrum, so both orientations are fitted on the same draws and must agree exactly
+    K = 2000
+    ev = wishart_eigenvalues(shape, K, rng=shape[0])
+    for method in ("rcb", "bema"):
+        rates = _fp_rates(ev, shape, method)
+        assert rates == _fp_rates(ev, (shape[1], shape[0]), method)
+        for d, fp in rates.items():
+            assert fp <= d + 3 * math.sqrt(d * (1 - d) / K), (shape, method, d, fp)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", [(256, 128), (128, 256)])
+def test_false_positive_rate_with_estimated_sigma2_dense_256x128(shape: tuple[int, int]) -> None:
+    K = 4000
+    rng = np.random.default_rng(7 + shape[0])
+    ev = np.concatenate([batched_eigenvalues([rng.standard_normal(shape) for _ in range(500)])
+                         for _ in range(K // 500)])
+    for d, fp in _fp_rates(ev, shape).items():
+        sd = math.sqrt(d * (1 - d) / K)
+        assert d - 3 * sd <= fp <= d + 3 * sd, (shape, d, fp)
 
 
 # ------------------------------------------------------------------------------------ properties (strategies)
@@ -243,3 +402,23 @@ def test_bad_inputs_batch() -> None:
         fit_mp_batch([np.eye(4), np.full((3, 3), np.nan)])
     with pytest.raises(ValueError):
         fit_mp(np.eye(4), eigenvalues=np.ones(4), shape=(4, 4))
+
+
+def test_fit_calibration_benchmark_smoke(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from benchmarks.fit_calibration import main
+
+    out = tmp_path / "bench" / "fit_calibration.json"
+    args = ["--trials", "40", "--shapes", "40x20", "--recovery-trials", "3", "--recovery-shape", "60", "30"]
+    assert main([*args, "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    rows = res["false_positives"]
+    assert [r["shape"] for r in rows] == [[40, 20]] * 3 + [[20, 40]] * 3
+    for r in rows:
+        assert r["tolerance"] == pytest.approx(r["delta"] + 3 * math.sqrt(r["delta"] * (1 - r["delta"]) / 40))
+        assert 0.0 <= r["oracle"] <= 1.0 and r["gd"]["after"] <= r["gd edge"]["after"]
+    assert rows[:3] == [dict(r, shape=[40, 20]) for r in rows[3:]]  # same spectra, same fits
+    assert [r["regime"] for r in res["recovery"]] == ["few", "many", "at 1.3x"]
+    # bema's σ̂² does not depend on the edge: the same error before and after
+    for rec in res["recovery"]:
+        bema = rec["bema"]
+        assert bema["after"]["sigma2_relerr_noise_mean"] == bema["before"]["sigma2_relerr_noise_mean"]
