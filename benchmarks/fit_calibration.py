@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from mptheory.fit import fit_mp_batch, wishart_eigenvalues
+from mptheory.fit import fit_mp_batch
+from mptheory.fit_trials import wishart_eigenvalues
 from mptheory.io import atomic_write_json
 from mptheory.mp import batched_eigenvalues
 from mptheory.spikes import make_spiked_matrix

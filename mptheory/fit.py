@@ -79,21 +79,19 @@ p-value is strong evidence of a non-MP bulk while a large one is expected for an
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import fft, linalg, stats
+from scipy import stats
 
+from mptheory.edge import edge_quantile, noise_edge, sigma2_sampling_error, tw1_quantile, window_grid
 from mptheory.mp import MarchenkoPastur, batched_eigenvalues, eigenvalues_from_matrix
-from mptheory.spikes import gd_lambda_star, make_spiked_matrix, mp_median_unit
-from mptheory.tracy_widom import TracyWidom, tw_ratio_quantile
+from mptheory.spikes import gd_lambda_star, mp_median_unit
 
-__all__ = ["MPFit", "METHODS", "fit_mp", "fit_mp_batch", "spike_recovery_trial", "wishart_eigenvalues"]
+__all__ = ["MPFit", "METHODS", "fit_mp", "fit_mp_batch"]
 
 FloatArray = NDArray[np.float64]
 METHODS = ("rcb", "bema", "gd")
@@ -186,107 +184,6 @@ class MPFit:
         }
 
 
-# --------------------------------------------------------------------------------------------- helpers
-@lru_cache(maxsize=64)
-def _tw1_quantile(level: float) -> float:
-    return float(TracyWidom(beta=1).ppf(level))
-
-
-@lru_cache(maxsize=4096)
-def _window_grid(p_bulk: int, n_bulk: int, alpha: float) -> tuple[int, int, FloatArray, float]:
-    lo = int(math.floor(alpha * p_bulk))
-    hi = int(math.floor((1.0 - alpha) * p_bulk))
-    if hi <= lo:
-        raise ValueError(f"quantile window [{lo}, {hi}) is empty for {p_bulk} eigenvalues (alpha={alpha})")
-    grid = (np.arange(lo, hi) + 0.5) / p_bulk
-    q = np.asarray(MarchenkoPastur(ratio=p_bulk / n_bulk).ppf(grid), dtype=float)
-    q.setflags(write=False)
-    return lo, hi, q, float(q @ q)
-
-
-def _johnstone(p_e: float, n_e: float) -> tuple[float, float]:
-    """Johnstone's centring ``μ_np`` and scaling ``σ_np`` for the top eigenvalue of an ``n_e × p_e`` Gram."""
-    a = math.sqrt(n_e - 1.0) + math.sqrt(p_e)
-    return a * a, a * (1.0 / math.sqrt(n_e - 1.0) + 1.0 / math.sqrt(p_e)) ** (1.0 / 3.0)
-
-
-def _lss_moments(g: Any, ratio: float, n_terms: int) -> tuple[float, float]:
-    """Limiting mean and variance of ``Σ_j g(λ_j) − p∫g dMP(ratio)`` for real Gaussian noise.
-
-    Bai–Silverstein (2004) CLT for linear spectral statistics, real case, written with the Chebyshev
-    coefficients ``a_k`` of ``g((1 + c) + 2√c cos θ) = a₀/2 + Σ a_k cos kθ`` on the MP(c, 1) support
-    ``[a, b]``: mean ``(g(a) + g(b))/4 − a₀/4``, variance ``½ Σ_{k≥1} k a_k²`` (terms ``k ≤ n_terms``).
-    """
-    m = max(4096, 8 * n_terms)
-    theta = np.pi * (np.arange(m) + 0.5) / m
-    sc = math.sqrt(ratio)
-    coef = fft.dct(g(1.0 + ratio + 2.0 * sc * np.cos(theta)), type=2) / m
-    k = np.arange(1, min(n_terms, m - 1) + 1)
-    ends = g(np.array([(1.0 - sc) ** 2, (1.0 + sc) ** 2]))
-    return float(ends.sum() / 4.0 - coef[0] / 4.0), float(0.5 * np.sum(k * coef[k] ** 2))
-
-
-@lru_cache(maxsize=4096)
-def _sigma2_error(method: str, p_b: int, n_b: int, alpha: float) -> tuple[float, float, float]:
-    """Bias, sd of ``σ̂²/σ² − 1`` and its correlation with the top eigenvalue, pure noise ``n_b × p_b``.
-
-    Module docstring, "Sampling error of σ̂²": ``σ̂²/σ² − 1 ≈ κ·(Σ_j g(λ_j) − p∫g dMP)`` is a linear spectral
-    statistic; its mean and variance come from the Bai–Silverstein CLT (:func:`_lss_moments`), its
-    covariance with ``λ₁`` from the response of the MP upper edge ``b`` to the tilt ``exp(s Σ g(λ_j))``.
-    """
-    c = p_b / n_b
-    law = MarchenkoPastur(ratio=c)
-    c0, r = 1.0 + c, 2.0 * math.sqrt(c)
-    if method == "gd":  # median: σ̂²/σ² − 1 ≈ −(#{λ ≤ m} − p/2)/(p f(m) m), a counting statistic
-        med = float(law.ppf(0.5))
-        kappa = -1.0 / (p_b * float(law.pdf(med)) * med)
-        mean, var = _lss_moments(lambda x: (x <= med).astype(float), c, p_b)
-        th = math.acos((med - c0) / r)
-        tilt = -(1.0 + math.cos(th)) / (math.pi * r * math.sin(th))  # (1/π)∫ g'(x(θ))(1 + cos θ) dθ
-    else:  # window match: σ̂²/σ² − 1 ≈ (Σ_j g(λ_j) − E)/Σq², g(x) = ½ clip(x, x_lo, x_hi)²
-        lo, hi, _, qq = _window_grid(p_b, n_b, alpha)
-        x_lo, x_hi = (float(v) for v in law.ppf([lo / p_b, hi / p_b]))
-        kappa = 1.0 / qq
-        mean, var = _lss_moments(lambda x: 0.5 * np.clip(x, x_lo, x_hi) ** 2, c, 4096)
-        t_hi, t_lo = (math.acos(min(max((x - c0) / r, -1.0), 1.0)) for x in (x_hi, x_lo))
-
-        def prim(u: float) -> float:  # ∫ x(θ)(1 + cos θ) dθ with x(θ) = c0 + r cos θ
-            return c0 * u + (c0 + r) * math.sin(u) + r * (u / 2.0 + math.sin(2.0 * u) / 4.0)
-
-        tilt = (prim(t_lo) - prim(t_hi)) / math.pi
-    mu, scale = _johnstone(p_b, n_b)
-    sd = math.sqrt(var) * abs(kappa)
-    # Cov(λ₁, Σ g) = db/ds = (2b/n)·tilt on the MP scale; in TW units X = (n λ₁ − μ)/σ_np
-    cov_x = kappa * 2.0 * (1.0 + math.sqrt(c)) ** 2 * tilt / scale
-    corr = cov_x / (_tw1_sd() * sd) if sd > 0.0 else 0.0
-    return mean * kappa, sd, max(-1.0, min(1.0, corr))
-
-
-@lru_cache(maxsize=1)
-def _tw1_sd() -> float:
-    return float(TracyWidom(beta=1).std())
-
-
-@lru_cache(maxsize=4096)
-def _edge_quantile(delta: float, p_e: int, n_e: int, err: tuple[float, float, float]) -> float:
-    """TW₁ level of the Johnstone edge of an ``n_e × p_e`` matrix when σ̂² has the error ``err``."""
-    mu, scale = _johnstone(p_e, n_e)
-    bias, sd, corr = err
-    return tw_ratio_quantile(delta, mu / scale, sd, bias, corr)
-
-
-def _edge(sigma2: FloatArray, p_b: Any, n_b: Any, n: int, t: Any, convention: str) -> FloatArray:
-    """Noise edge on the eigenvalue scale (normalised by the full ``n``) of a ``n_b × p_b`` noise matrix."""
-    if convention == "johnstone":
-        a = np.sqrt(n_b - 1.0) + np.sqrt(p_b)
-        scale = a * (1.0 / np.sqrt(n_b - 1.0) + 1.0 / np.sqrt(p_b)) ** (1.0 / 3.0)
-        return sigma2 * (a * a + t * scale) / n
-    c = p_b / n_b
-    sc = np.sqrt(c)
-    bracket = (1.0 + sc) ** 2 + t * n_b ** (-2.0 / 3.0) * c ** (-1.0 / 6.0) * (1.0 + sc) ** (4.0 / 3.0)
-    return sigma2 * (n_b / n) * bracket
-
-
 def _validate_params(
     method: str, delta: float, alpha: float, tw_level: float | None, shape: tuple[int, int]
 ) -> None:
@@ -349,12 +246,12 @@ def _fit_core(
         does not depend on k; its bulk's error differs by O(k/p)), the deflated one for rcb_edge="deflated".
         """
         pe, ne = (p - k, n - k) if method == "rcb" and rcb_edge == "deflated" else (p, n)
-        err = _sigma2_error(method, pe, ne, float(alpha))
+        err = sigma2_sampling_error(method, pe, ne, float(alpha))
         if convention == "kml":
-            return _tw1_quantile(1.0 - float(tw_level or 0.0)), err[1]
+            return tw1_quantile(1.0 - float(tw_level or 0.0)), err[1]
         if not sigma2_error:
-            return _tw1_quantile(1.0 - delta), err[1]
-        return _edge_quantile(float(delta), pe, ne, err), err[1]
+            return tw1_quantile(1.0 - delta), err[1]
+        return edge_quantile(float(delta), pe, ne, err), err[1]
 
     k_max = max(0, min(int(math.floor(max_rank_fraction * p)), p - 2))
 
@@ -364,7 +261,7 @@ def _fit_core(
 
     def bema_sigma2(rows: NDArray[np.intp], k: int) -> FloatArray:
         pb, nb = p - k, n - k
-        lo, hi, q, qq = _window_grid(pb, nb, float(alpha))
+        lo, hi, q, qq = window_grid(pb, nb, float(alpha))
         return (ev[rows, lo:hi] @ q) / qq * (n / nb)
 
     all_rows = np.arange(B)
@@ -375,7 +272,7 @@ def _fit_core(
     _check_sigma2(sigma2, shape)
     t0, sd0 = level(0)
     t_used, s2_sd = np.full(B, t0), np.full(B, sd0)
-    edge = _edge(sigma2, np.full(B, float(p)), np.full(B, float(n)), n, t0, convention)
+    edge = noise_edge(sigma2, np.full(B, float(p)), np.full(B, float(n)), n, t0, convention)
 
     if method == "rcb":
         converged[:] = False
@@ -395,7 +292,7 @@ def _fit_core(
                 _check_sigma2(sigma2[rows], shape)
                 pe, ne = (p - k, n - k) if rcb_edge == "deflated" else (p, n)
                 t_used[rows], s2_sd[rows] = level(int(k))
-                edge[rows] = _edge(sigma2[rows], float(pe), float(ne), n, t_used[rows], convention)
+                edge[rows] = noise_edge(sigma2[rows], float(pe), float(ne), n, t_used[rows], convention)
         threshold = edge.copy()
     elif method == "gd":
         threshold = float(gd_lambda_star(c)) ** 2 * sigma2
@@ -471,7 +368,7 @@ def _resolve_tw_level(tw_level: float | None, authors_convention: bool) -> float
     return tw_level
 
 
-def _check_rcb_edge(rcb_edge: str) -> None:
+def _check_rcbnoise_edge(rcb_edge: str) -> None:
     if rcb_edge not in ("full", "deflated"):
         raise ValueError(f"rcb_edge must be 'full' or 'deflated', got {rcb_edge!r}")
 
@@ -494,7 +391,7 @@ def _options(kw: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"max_iter must be a positive int, got {opts['max_iter']!r}")
     if not (0.0 < float(opts["max_rank_fraction"]) < 1.0):
         raise ValueError(f"max_rank_fraction must be in (0, 1), got {opts['max_rank_fraction']!r}")
-    _check_rcb_edge(opts["rcb_edge"])
+    _check_rcbnoise_edge(opts["rcb_edge"])
     if not isinstance(opts["sigma2_error"], (bool, np.bool_)):
         raise ValueError(f"sigma2_error must be True or False, got {opts['sigma2_error']!r}")
     return opts
@@ -652,113 +549,3 @@ def fit_mp_batch(
     return [f for f in out if f is not None]
 
 
-# --------------------------------------------------------------------------------------------- benchmark
-def wishart_eigenvalues(
-    shape: tuple[int, int], size: int, *, sigma2: float = 1.0, rng: np.random.Generator | int | None = None
-) -> FloatArray:
-    """``(size, p)`` ascending MP-scale eigenvalues of ``size`` pure Gaussian noise matrices of ``shape``.
-
-    Exactly the law of ``batched_eigenvalues`` of iid N(0, σ²) matrices (either orientation), drawn from the
-    Dumitriu–Edelman (2002) bidiagonal model in O(p²) per matrix instead of a dense O(n p²) Gram and
-    eigendecomposition: ``B`` lower bidiagonal with ``B_ii ~ χ_{n−i}`` (i = 0…p−1) and
-    ``B_{i+1,i} ~ χ_{p−1−i}`` has ``BBᵀ`` distributed as the spectrum of ``XᵀX``, X ``n × p`` standard
-    Gaussian.  For calibration Monte Carlo on pure noise (``benchmarks/fit_calibration.py``).
-    """
-    N, M = (int(shape[0]), int(shape[1]))
-    n, p = max(N, M), min(N, M)
-    if p < 2 or int(size) < 1 or not (math.isfinite(sigma2) and sigma2 > 0):
-        raise ValueError(f"need a shape with at least 2 rows and columns, size >= 1, sigma2 > 0; got {shape}")
-    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    df_diag = (n - np.arange(p)).astype(float)
-    df_off = (p - 1 - np.arange(p - 1)).astype(float)
-    out = np.empty((int(size), p))
-    for b in range(int(size)):
-        x = np.sqrt(gen.chisquare(df_diag))
-        y = np.sqrt(gen.chisquare(df_off))
-        d = x * x
-        d[1:] += y * y
-        out[b] = linalg.eigvalsh_tridiagonal(d, y * x[:-1], lapack_driver="stemr")
-    return np.maximum(out, 0.0) * (sigma2 / n)
-
-
-def spike_recovery_trial(
-    shape: tuple[int, int] = (1024, 512),
-    n_trials: int = 200,
-    *,
-    methods: Sequence[str] = METHODS,
-    sigma2: float = 1.0,
-    n_super: tuple[int, int] = (1, 4),
-    super_factor: tuple[float, float] = (1.3, 3.0),
-    n_sub: tuple[int, int] = (0, 3),
-    sub_factor: tuple[float, float] = (0.2, 0.8),
-    delta: float = 0.05,
-    seed: int = 0,
-    chunk: int = 25,
-    **fit_kw: Any,
-) -> dict[str, dict[str, float]]:
-    """Monte Carlo of spike-count recovery, false positives and σ² error for several fit methods.
-
-    Each trial draws one spiked matrix (``n_super`` supercritical spikes with signal singular values
-    ``super_factor ×`` the BBP threshold, mixed with ``n_sub`` subcritical ones at ``sub_factor ×``; ranges
-    inclusive, uniform) and one pure-noise matrix.  Returns, per method: ``exact_recovery`` (fraction of
-    spiked trials with ``n_spikes`` equal to the number of supercritical spikes), ``undercount``,
-    ``overcount``, ``false_positive_rate`` (pure-noise trials with any spike), ``sigma2_relerr_noise_mean``
-    / ``_max`` and ``sigma2_relerr_spiked_mean`` / ``_max`` (|σ̂²/σ² − 1|), and ``seconds`` (fit time,
-    excluding the shared eigendecomposition).  Eigenvalues are computed once per chunk and reused by all
-    methods, so the methods see exactly the same matrices.
-    """
-    shp = (int(shape[0]), int(shape[1]))
-    if "method" in fit_kw:
-        raise ValueError("spike_recovery_trial takes methods=, not method=")
-    opts = _options({**fit_kw, "delta": delta})
-    for m in methods:
-        _validate_params(m, delta, opts["alpha"], opts["tw_level"], shp)
-    rng = np.random.default_rng(seed)
-    res: dict[str, dict[str, list[float]]] = {
-        m: {"exact": [], "under": [], "over": [], "fp": [], "err_noise": [], "err_spiked": [], "sec": []}
-        for m in methods
-    }
-    done = 0
-    while done < n_trials:
-        b = min(chunk, n_trials - done)
-        spiked, noise, truth = [], [], []
-        for _ in range(b):
-            k1 = int(rng.integers(n_super[0], n_super[1] + 1))
-            k0 = int(rng.integers(n_sub[0], n_sub[1] + 1))
-            fac = np.concatenate([rng.uniform(*super_factor, size=k1), rng.uniform(*sub_factor, size=k0)])
-            sm = make_spiked_matrix(shape, fac, sigma2=sigma2, rng=rng)
-            spiked.append(sm.W)
-            truth.append(sm.n_detectable)
-            noise.append(make_spiked_matrix(shape, (), sigma2=sigma2, rng=rng).W)
-        ev_s = batched_eigenvalues(spiked)
-        ev_n = batched_eigenvalues(noise)
-        for m in methods:
-            t0 = time.perf_counter()
-            fs = _core(ev_s, shp, {**opts, "method": m})
-            fn = _core(ev_n, shp, {**opts, "method": m})
-            r = res[m]
-            r["sec"].append(time.perf_counter() - t0)
-            for f, k in zip(fs, truth):
-                r["exact"].append(float(f.n_spikes == k))
-                r["under"].append(float(f.n_spikes < k))
-                r["over"].append(float(f.n_spikes > k))
-                r["err_spiked"].append(abs(f.sigma2 / sigma2 - 1.0))
-            for f in fn:
-                r["fp"].append(float(f.n_spikes > 0))
-                r["err_noise"].append(abs(f.sigma2 / sigma2 - 1.0))
-        done += b
-    return {
-        m: {
-            "exact_recovery": float(np.mean(r["exact"])),
-            "undercount": float(np.mean(r["under"])),
-            "overcount": float(np.mean(r["over"])),
-            "false_positive_rate": float(np.mean(r["fp"])),
-            "sigma2_relerr_noise_mean": float(np.mean(r["err_noise"])),
-            "sigma2_relerr_noise_max": float(np.max(r["err_noise"])),
-            "sigma2_relerr_spiked_mean": float(np.mean(r["err_spiked"])),
-            "sigma2_relerr_spiked_max": float(np.max(r["err_spiked"])),
-            "n_trials": float(n_trials),
-            "seconds": float(np.sum(r["sec"])),
-        }
-        for m, r in res.items()
-    }

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from scipy import integrate, stats
 
-from mptheory.fit import fit_mp, fit_mp_batch, spike_recovery_trial, wishart_eigenvalues
+from mptheory.fit import fit_mp, fit_mp_batch
+from mptheory.fit_trials import spike_recovery_trial, wishart_eigenvalues
 from mptheory.mp import batched_eigenvalues
 from mptheory.spikes import gd_lambda_star, make_spiked_matrix
 from mptheory.strategies import pure_noise, shapes, spiked_matrices
