@@ -205,3 +205,41 @@ def test_refuses_to_write_where_the_input_checkpoint_lives(tmp_path: Path, tiny_
         save_pruned(data_dir / "sub", model, masks, report, config={}, inputs=[data_dir])
     data_dir.rmdir()
     assert _listing(tmp_path) == before
+
+
+# ------------------------------------------------------------------------------------------------ io
+def test_publish_files_is_all_or_nothing(tmp_path: Path, monkeypatch) -> None:
+    from mpprune.io import publish_files, staged_output
+
+    out = publish_files(tmp_path / "new", {"a.txt": b"1", "manifest.json": b"{}"})
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt", "manifest.json"]
+    publish_files(out, {"a.txt": b"2"})  # an existing directory: files replaced one by one, atomically
+    assert (out / "a.txt").read_bytes() == b"2"
+    before = _listing(tmp_path)
+    with pytest.raises(RuntimeError, match="half way"), staged_output(tmp_path / "staged") as d:
+        (d / "x").write_text("partial")
+        raise RuntimeError("half way")
+    assert _listing(tmp_path) == before  # neither the output nor a staging directory is left
+    (tmp_path / "empty").mkdir()
+    with staged_output(tmp_path / "empty") as d:
+        (d / "x").write_text("done")
+    assert (tmp_path / "empty" / "x").read_text() == "done"
+
+
+def test_check_new_output_and_provenance(tmp_path: Path) -> None:
+    from mpprune.errors import BadInput
+    from mpprune.io import check_new_output, input_record, provenance, sha256_file
+
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "f").write_text("x")
+    with pytest.raises(BadInput, match="already exists"):
+        check_new_output(tmp_path / "full")
+    check_new_output(tmp_path / "fresh")
+    rec = input_record(tmp_path / "full")
+    assert rec["kind"] == "directory" and rec["files"] == 1
+    assert input_record(tmp_path / "full" / "f")["sha256"] == sha256_file(tmp_path / "full" / "f") == \
+        hashlib.sha256(b"x").hexdigest()
+    with pytest.raises(FileNotFoundError):
+        input_record(tmp_path / "nope")
+    prov = provenance()
+    assert prov["versions"]["torch"] == torch.__version__.split("+")[0] and "git" in prov
