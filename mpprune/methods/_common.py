@@ -4,6 +4,7 @@ thresholds, layer-type classification and the per-layer report."""
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any
@@ -185,19 +186,18 @@ _MLP_WORDS = ("Mlp", "MLP", "FeedForward", "SwiGLU", "FFN")
 
 
 def _timm_classes() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """nn.MultiheadAttention and timm's attention classes; timm's Mlp classes. timm is not imported here:
+    while it is not loaded no module can be an instance of its classes (and importing it costs seconds)."""
     attn: list[type] = [nn.MultiheadAttention]
     mlp: list[type] = []
-    try:
-        import timm.layers as tl
-
+    tl = sys.modules.get("timm.layers")
+    if tl is not None:
         for n in ("Attention", "AttentionRope", "Attention2d", "MultiQueryAttention2d", "DiffAttention"):
             if hasattr(tl, n):
                 attn.append(getattr(tl, n))
         for n in ("Mlp", "GluMlp", "SwiGLU", "GatedMlp", "ConvMlp", "GlobalResponseNormMlp"):
             if hasattr(tl, n):
                 mlp.append(getattr(tl, n))
-    except ImportError:  # pragma: no cover - timm is a dependency
-        pass
     return tuple(attn), tuple(mlp)
 
 
