@@ -49,7 +49,7 @@ __all__ = [
     "Asset",
     "ModelEntry",
     "MODELS",
-    "ASSETS",
+    "assets",
     "register_model",
     "model_names",
     "model_spec",
@@ -378,26 +378,10 @@ def model_names() -> tuple[str, ...]:
     return tuple(MODELS)
 
 
-def _assets() -> dict[str, Asset]:
+def assets() -> dict[str, Asset]:
+    """Every bundled asset, derived from :data:`MODELS` (a model's default weights, under the model's
+    name) plus the data asset ``mnist-5k``."""
     return {name: e.asset for name, e in MODELS.items() if e.asset is not None} | {"mnist-5k": MNIST_5K}
-
-
-class _AssetView(Mapping[str, Asset]):
-    """Read-only view of every bundled asset: each model's default weights, and the MNIST digits."""
-
-    def __getitem__(self, key: str) -> Asset:
-        return _assets()[key]
-
-    def __iter__(self) -> Any:
-        return iter(_assets())
-
-    def __len__(self) -> int:
-        return len(_assets())
-
-
-#: asset key → :class:`Asset`, derived from :data:`MODELS` (a model's asset has the model's name) plus
-#: the data asset ``mnist-5k``.
-ASSETS: Mapping[str, Asset] = _AssetView()
 
 
 def asset_path(key: str) -> Path:
@@ -407,10 +391,10 @@ def asset_path(key: str) -> Path:
     Raises FileNotFoundError, naming the package to install, when the asset is absent.
     """
     norm = key.replace("_", "-")
-    assets = _assets()
-    if norm not in assets:
-        raise BadInput(f"unknown asset {key!r}; known: {sorted(assets)}")
-    return assets[norm].locate(key)
+    known = assets()
+    if norm not in known:
+        raise BadInput(f"unknown asset {key!r}; known: {sorted(known)}")
+    return known[norm].locate(key)
 
 
 def _with_state_file(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:

@@ -99,6 +99,22 @@ def test_load_timm_local_checkpoint_round_trip(tmp_path):
         torch.testing.assert_close(model(x), src.eval()(x))
 
 
+def test_timm_name_with_a_local_checkpoint_through_the_spec(tmp_path):
+    """Any timm name is a model: model_spec/build_model load it strictly from a local file."""
+    from mpprune.errors import BadInput
+    from mpprune.models import build_model, model_spec
+
+    src = load_timm("test_vit", num_classes=5)
+    path = tmp_path / "vit.pth"
+    torch.save(src.state_dict(), path)
+    spec = model_spec("test_vit", path, num_classes=5)
+    assert spec["kind"] == "timm"
+    model = build_model(spec)
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), model.state_dict().values()))
+    with pytest.raises(BadInput, match="cannot load the checkpoint"):
+        build_model(model_spec("test_vit", path, num_classes=3))  # the head does not fit
+
+
 def test_load_timm_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         load_timm("test_vit", checkpoint=tmp_path / "missing.pth")
@@ -288,11 +304,11 @@ def test_calibration_seed_changes_sample_and_covers_classes_on_real_digits():
 
 def test_registry_is_the_one_list_of_models(capsys):
     from mpprune.cli import main
-    from mpprune.models import ASSETS, MODELS, model_names
+    from mpprune.models import MODELS, assets, model_names
 
     assert model_names() == tuple(MODELS) == ("mnist-cnn", "efficientnet-lite0", "minilm", "tiny-mlp",
                                               "tiny-cnn")
-    assert set(ASSETS) == {"mnist-cnn", "efficientnet-lite0", "minilm", "mnist-5k"}
+    assert set(assets()) == {"mnist-cnn", "efficientnet-lite0", "minilm", "mnist-5k"}
     assert asset_path("mnist_cnn") == asset_path("mnist-cnn") == MODELS["mnist-cnn"].asset.locate()
     main(["prune", "--help"])
     text = "".join(capsys.readouterr().out.split())  # the help is wrapped, also at hyphens
