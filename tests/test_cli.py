@@ -268,3 +268,15 @@ def test_run_dry_run_writes_nothing(tmp_path: Path, capsys) -> None:
                    '[method]\nname = "seb"\nsparsity = 0.5\nbeta = 1\n')
     assert main(["run", str(bad), "--dry-run", "--quiet"]) == 2
     assert "allowed:" in capsys.readouterr().err
+
+
+def test_unreadable_checkpoint_is_bad_input(tmp_path: Path, capsys) -> None:
+    junk = tmp_path / "ck" / "junk.pt"
+    junk.parent.mkdir()
+    junk.write_bytes(b"not a checkpoint at all")
+    out = tmp_path / "o"
+    for cmd in (["prune", "--method", "magnitude", "--sparsity", "0.5"], ["analyze"]):
+        rc = main([*cmd, "--model", "tiny-mlp", "--checkpoint", str(junk), "--out", str(out), "--quiet"])
+        assert rc == 2
+        assert "cannot load the checkpoint" in capsys.readouterr().err
+    assert _tree(tmp_path) == ["ck", "ck/junk.pt"]
