@@ -23,7 +23,7 @@ import json
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ __all__ = [
     "run",
     "dry_run",
     "gate_summary",
+    "skip_reason",
 ]
 
 STAGES = ("load", "analyze", "prune", "certify", "evaluate", "save")
@@ -97,7 +98,6 @@ class Run:
     _dense: nn.Module | None = None
     _pruned: tuple[nn.Module, MaskStore, Any] | None = None
     _calib: list[Any] | None = None
-    notes: list[str] = field(default_factory=list)
 
     @property
     def spec(self) -> dict[str, Any]:
