@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import statistics
@@ -11,6 +10,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from mptheory.io import atomic_write_json
 
 
 def median_time(fn: Callable[[], Any], repeats: int = 3) -> float:
@@ -36,10 +37,8 @@ def weightwatcher() -> Any:
 
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` as indented JSON (atomically) and return the path."""
+    """Write ``payload`` as strict JSON (non-finite numbers become ``null``), atomically, creating the
+    parent directory; returns the path."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float))
-    os.replace(tmp, p)
-    return p
+    return atomic_write_json(p, payload)

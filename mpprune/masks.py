@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from mpprune.errors import BadInput
+
 __all__ = [
     "MaskStore",
     "SparsityReport",
@@ -31,10 +33,10 @@ _PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d,
 
 
 def weight_of(module: nn.Module) -> torch.Tensor:
-    """``module.weight`` as a tensor (ValueError when the module has none)."""
+    """``module.weight`` as a tensor (BadInput when the module has none)."""
     w = getattr(module, "weight", None)
     if not isinstance(w, torch.Tensor):
-        raise ValueError(f"module {type(module).__name__} has no weight tensor")
+        raise BadInput(f"module {type(module).__name__} has no weight tensor")
     return w
 
 
@@ -85,13 +87,13 @@ class MaskStore(Mapping[str, torch.Tensor]):
         """Register ``mask`` (True = keep) for ``module.weight`` under the qualified ``name``."""
         weight = getattr(module, "weight", None)
         if not isinstance(weight, torch.Tensor):
-            raise ValueError(f"layer {name!r}: module {type(module).__name__} has no weight tensor")
+            raise BadInput(f"layer {name!r}: module {type(module).__name__} has no weight tensor")
         if tuple(mask.shape) != tuple(weight.shape):
-            raise ValueError(
+            raise BadInput(
                 f"layer {name!r}: mask shape {tuple(mask.shape)} != weight shape {tuple(weight.shape)}"
             )
         if name in self._by_name and self._by_name[name] is not module:
-            raise ValueError(f"layer {name!r}: name already bound to a different module")
+            raise BadInput(f"layer {name!r}: name already bound to a different module")
         self._by_module[module] = mask.detach().to(device=weight.device, dtype=torch.bool).clone()
         self._names[module] = name
         self._by_name[name] = module
@@ -150,7 +152,7 @@ class MaskStore(Mapping[str, torch.Tensor]):
         out = MaskStore()
         for name, _, mask in self.entries():
             if name not in mods:
-                raise ValueError(f"layer {name!r}: not found in the model")
+                raise BadInput(f"layer {name!r}: not found in the model")
             out.add(name, mods[name], mask)
         return out
 
@@ -220,9 +222,9 @@ class MaskStore(Mapping[str, torch.Tensor]):
         store = cls()
         for name, mask in state.items():
             if name not in mods:
-                raise ValueError(f"layer {name!r}: not found in the model")
+                raise BadInput(f"layer {name!r}: not found in the model")
             if mask.dtype != torch.bool:
-                raise ValueError(f"layer {name!r}: mask dtype {mask.dtype} is not torch.bool")
+                raise BadInput(f"layer {name!r}: mask dtype {mask.dtype} is not torch.bool")
             store.add(name, mods[name], mask)
         return store
 
@@ -282,14 +284,14 @@ def sparsity(model_or_masks: nn.Module | MaskStore) -> SparsityReport:
             sizes[name] = int(w.numel())
             zeros[name] = int((w == 0).sum().item())
     else:
-        raise ValueError(
+        raise BadInput(
             f"sparsity() expects an nn.Module or a MaskStore, got {type(model_or_masks).__name__}"
         )
     return SparsityReport(zeros=zeros, sizes=sizes)
 
 
 def check_legal(masks: MaskStore, model: nn.Module) -> None:
-    """Raise ``ValueError`` listing every problem: missing layer, identity, shape, dtype, device, or a
+    """Raise :class:`BadInput` listing every problem: missing layer, identity, shape, dtype, device, or a
     masked entry that is not exactly zero. Returns ``None`` when the masks are legal for ``model``."""
     mods = dict(model.named_modules())
     problems: list[str] = []
@@ -318,4 +320,4 @@ def check_legal(masks: MaskStore, model: nn.Module) -> None:
         if bad:
             problems.append(f"layer {name!r} shape {tuple(w.shape)}: {bad} masked entries are not zero")
     if problems:
-        raise ValueError("illegal masks:\n  " + "\n  ".join(problems))
+        raise BadInput("illegal masks:\n  " + "\n  ".join(problems))

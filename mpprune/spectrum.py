@@ -16,12 +16,12 @@ eigenvalue and singular-value scales, spikes, bulk fraction, fit error) and fit-
   ``α_Hill = 1 + 1 / mean_{i<k}(log λ_i − log λ_k)`` (NaN when ``k < 2``; the authors' code wrote 99).
 
 Layers that are not fitted (depthwise convs, 1×n and too-small matrices, all-zero weights) keep their
-statistics and say why in ``skipped``. Non-finite weights raise ValueError naming the layer and shape.
+statistics and say why in ``skipped``. Non-finite weights raise BadInput naming the layer and shape.
 """
 
 from __future__ import annotations
 
-import json
+import io
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -33,15 +33,35 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from mpprune.errors import BadInput
 from mpprune.layers import DEFAULT_MIN_DIM, LayerInfo, find_layers, matrix_blocks
+from mptheory.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from mptheory.mp import batched_eigenvalues
 
-__all__ = ["LayerSpectrum", "SpectrumReport", "analyze", "layer_statistics", "HILL_K"]
+__all__ = ["LayerSpectrum", "SpectrumReport", "analyze", "layer_statistics", "hill_alpha", "HILL_K"]
 
 FloatArray = NDArray[np.float64]
 HILL_K = 20
 
 Include = Callable[[LayerInfo], bool] | Iterable[nn.Module | str] | None
+
+
+def hill_alpha(eigenvalues: FloatArray, k: int = HILL_K) -> float:
+    """Hill tail exponent on the ``k' = min(k, #positive)`` largest positive eigenvalues λ₁ ≥ … ≥ λ_k'
+    (digest §3.1): ``1 + 1 / mean_{i<k'}(log λ_i − log λ_k')``.
+
+    Scale-free: λ may be s² or s²/max(N, M). NaN when ``k' < 2`` (undefined; the authors' code wrote 99,
+    which SEB keeps as its signal value, see :data:`mpprune.methods._common.SEB_ALPHA_UNDEFINED`);
+    ``inf`` when the top ``k'`` eigenvalues are equal.
+    """
+    lam = np.sort(np.asarray(eigenvalues, dtype=np.float64))[::-1]
+    pos = lam[lam > 0]
+    k = min(k, pos.size)
+    if k < 2:
+        return math.nan
+    logs = np.log(pos[:k])
+    gap = float(np.mean(logs[: k - 1] - logs[k - 1]))
+    return 1.0 + 1.0 / gap if gap > 0 else math.inf
 
 
 def layer_statistics(
@@ -57,17 +77,11 @@ def layer_statistics(
         "frobenius_norm": math.sqrt(n * total),
         "stable_rank": total / top if top > 0 else math.nan,
         "entropy_rank": math.nan,
-        "hill_alpha": math.nan,
+        "hill_alpha": hill_alpha(lam, hill_k),
     }
     if total > 0:
         p = lam[lam > 0] / total
         out["entropy_rank"] = float(math.exp(-float(np.sum(p * np.log(p)))))
-    pos = lam[lam > 0]
-    k = min(hill_k, pos.size)
-    if k >= 2:
-        logs = np.log(pos[:k])
-        gap = float(np.mean(logs[: k - 1] - logs[k - 1]))
-        out["hill_alpha"] = 1.0 + 1.0 / gap if gap > 0 else math.inf
     return out
 
 
@@ -192,10 +206,8 @@ class SpectrumReport:
         }
 
     def to_json(self, path: str | Path, include_eigenvalues: bool = False) -> Path:
-        """Write the report as JSON (strict: no NaN/Inf literals); returns the path."""
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(include_eigenvalues), indent=2, allow_nan=False))
-        return path
+        """Write the report as strict JSON (no NaN/Inf literals), atomically; returns the path."""
+        return atomic_write_json(path, self.to_dict(include_eigenvalues))
 
     def to_markdown(self, path: str | Path | None = None) -> str:
         """A Markdown table, one row per entry; written to ``path`` when given. Returns the text."""
@@ -227,7 +239,7 @@ class SpectrumReport:
             )
         text = "\n".join(lines) + "\n"
         if path is not None:
-            Path(path).write_text(text)
+            atomic_write_text(path, text)
         return text
 
     def plot(self, path: str | Path, max_panels: int = 24, ncols: int = 6) -> Path:
@@ -245,11 +257,11 @@ def _select(infos: list[LayerInfo], include: Include) -> list[LayerInfo]:
     names = {x for x in items if isinstance(x, str)}
     bad = [x for x in items if not isinstance(x, nn.Module | str)]
     if bad:
-        raise ValueError(f"include must hold modules or layer names, got {type(bad[0]).__name__}")
+        raise BadInput(f"include must hold modules or layer names, got {type(bad[0]).__name__}")
     known = {i.name for i in infos}
     missing = sorted(names - known)
     if missing:
-        raise ValueError(f"include names not found among the model's layers: {missing[:5]}")
+        raise BadInput(f"include names not found among the model's layers: {missing[:5]}")
     return [i for i in infos if id(i.module) in mod_ids or i.name in names]
 
 
@@ -278,7 +290,7 @@ def analyze(
         name: a label for the report.
 
     Raises:
-        ValueError: a weight with NaN/Inf entries (naming the layer and shape), bad ``include``.
+        BadInput: a weight with NaN/Inf entries (naming the layer and shape), bad ``include``.
     """
     from tqdm.auto import tqdm
 
@@ -290,14 +302,14 @@ def analyze(
     except (ValueError, TypeError) as exc:
         msg = str(exc).split(" for shape (32, 64)")[0]
         settings = f"method={method!r}, delta={delta!r}, {fit_kw}"
-        raise ValueError(f"invalid MP-fit settings ({settings}): {msg}") from None
+        raise BadInput(f"invalid MP-fit settings ({settings}): {msg}") from None
     infos = _select(find_layers(model, min_dim=min_dim), include)
     blocks: list[tuple[LayerInfo, str, torch.Tensor]] = []
     for info in infos:
         for bname, w in matrix_blocks(info):
             if not bool(torch.isfinite(w).all()):
                 bad = int((~torch.isfinite(w)).sum())
-                raise ValueError(
+                raise BadInput(
                     f"layer {bname} ({info.kind}, matrix shape {tuple(w.shape)}) has {bad} non-finite "
                     "(NaN/Inf) weights"
                 )
@@ -369,9 +381,9 @@ def _plot_report(report: SpectrumReport, path: Path, max_panels: int, ncols: int
     from matplotlib.gridspec import GridSpec
 
     if max_panels < 1 or ncols < 1:
-        raise ValueError(f"max_panels and ncols must be >= 1, got {max_panels}, {ncols}")
+        raise BadInput(f"max_panels and ncols must be >= 1, got {max_panels}, {ncols}")
     if not report.layers:
-        raise ValueError("empty report: no layers to plot")
+        raise BadInput("empty report: no layers to plot")
     pool = report.fitted or report.layers
     if len(pool) > max_panels:
         pick = np.unique(np.linspace(0, len(pool) - 1, max_panels).round().astype(int))
@@ -452,6 +464,7 @@ def _plot_report(report: SpectrumReport, path: Path, max_panels: int, ncols: int
     if len(shown) < len(pool):
         title += f"; {len(shown)} of {len(pool)} shown (evenly by depth)"
     fig.suptitle(title, fontsize=11)
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    return path
+    return atomic_write_bytes(path, buf.getvalue())

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from scipy import stats
 from torch import nn
 
-from benchmarks.mnist_pruning import accuracy, factorised_params
+from benchmarks.mnist_pruning import factorised_params
 from benchmarks.models_spectra import agreement, comparable_layers, ww_counts
 
 
@@ -77,6 +77,9 @@ def test_factorised_params_equals_parameter_count_of_the_factorised_model() -> N
 
 
 def test_accuracy_matches_manual_count() -> None:
+    """The one accuracy (mpprune.data.accuracy, used by the benchmark, the run and the demo)."""
+    from mpprune.data import accuracy
+
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(37, 5, generator=gen)
     y = torch.randint(0, 3, (37,), generator=gen)
@@ -107,3 +110,14 @@ def test_ww_counts_maps_rows_to_modules() -> None:
         df = ww.WeightWatcher(model=nn.Sequential(m)).analyze(mp_fit=True)
         alone.append(int(df["num_spikes"].iloc[0]))
     assert counts == alone
+
+
+def test_write_json_is_strict(tmp_path) -> None:
+    """Benchmark JSON goes through mptheory.io: a non-finite number is written as null, never NaN."""
+    import json
+
+    from benchmarks._common import write_json
+
+    path = write_json(tmp_path / "sub" / "b.json", {"ratio": float("nan"), "n": np.int64(3), "x": [1.5]})
+    text = path.read_text()
+    assert "NaN" not in text and json.loads(text) == {"ratio": None, "n": 3, "x": [1.5]}

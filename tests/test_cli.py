@@ -9,9 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from mpprune import pipeline as P
+from mpprune.checkpoint import load_pruned
 from mpprune.cli import main
-from mpprune.models import tiny_mlp
+from mpprune.io import sha256_file
+from mpprune.models import build_model, default_checkpoint, model_spec, tiny_mlp
+from mpprune.run import STAGES
 
 COMMANDS = ("analyze", "prune", "run", "bench", "demo")
 
@@ -28,6 +30,8 @@ def test_help_exits_zero(cmd: str | None, capsys) -> None:
     assert "usage: mpprune" in text
     if cmd is not None:
         assert cmd in text
+    # every command documents the three kinds of failure and their exit codes
+    assert "exit codes: 0 success; 2 bad input" in " ".join(text.split())
 
 
 def test_usage_error_exits_two(capsys) -> None:
@@ -46,7 +50,7 @@ def test_prune_tiny_mlp_end_to_end(tmp_path: Path) -> None:
     assert rc == 0
     assert _tree(out) == ["manifest.json", "masks.safetensors", "model.safetensors", "prune_report.json"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging leftovers
-    model, masks, man = P.load_pruned(out)
+    model, masks, man = load_pruned(out)
     lin = [m for m in model if isinstance(m, nn.Linear)]
     zeros = sum(int((m.weight == 0).sum()) for m in lin)
     total = sum(m.weight.numel() for m in lin)
@@ -60,7 +64,7 @@ def test_prune_tiny_mlp_end_to_end(tmp_path: Path) -> None:
     with torch.no_grad():
         acc = float((model(xs).argmax(1) == ys).float().mean())
     assert rep["evaluation"]["accuracy_pruned"] == pytest.approx(acc)
-    assert man["config"]["calib"] == "digits" and man["config"]["method"]["type"] == "Magnitude"
+    assert man["config"]["data"]["calib"] == "digits" and man["config"]["method"]["type"] == "Magnitude"
 
 
 def test_prune_mnist_cnn_end_to_end(tmp_path: Path) -> None:
@@ -68,11 +72,11 @@ def test_prune_mnist_cnn_end_to_end(tmp_path: Path) -> None:
     argv = ["prune", "--model", "mnist-cnn", "--method", "seb", "--sparsity", "0.5", "--calib", "mnist",
             "--n-calib", "64", "--out", str(out), "--json", str(tmp_path / "s.json"), "--quiet"]
     assert main(argv) == 0
-    model, masks, man = P.load_pruned(out)
+    model, masks, man = load_pruned(out)
     rep = json.loads((tmp_path / "s.json").read_text())
     ev = rep["evaluation"]
     assert ev["n"] == 1000 and ev["accuracy_dense"] > 0.9  # the real trained CNN on real val digits
-    assert man["inputs"][0]["sha256"] == P.sha256_file(P._default_checkpoint(P.model_spec("mnist-cnn")))
+    assert man["inputs"][0]["sha256"] == sha256_file(default_checkpoint(model_spec("mnist-cnn")))
     assert man["sparsity"]["global"] == pytest.approx(sum(
         int((m.weight == 0).sum()) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))
     ) / sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))))
@@ -85,7 +89,7 @@ def test_prune_with_gate_saves_certified_layers(tmp_path: Path) -> None:
                "digits", "--n-calib", "16", "--gate", "min_certified=0.5,estimator=product_norm,max_bisect=2",
                "--out", str(out), "--json", str(tmp_path / "s.json"), "--quiet", "--no-eval"])
     assert rc == 0
-    model, _, man = P.load_pruned(out)
+    model, _, man = load_pruned(out)
     layers = json.loads((tmp_path / "s.json").read_text())["gate_layers"]
     assert {g["name"] for g in layers} == {"0", "2"}
     mods = dict(model.named_modules())
@@ -104,7 +108,7 @@ def test_analyze_writes_reports(tmp_path: Path) -> None:
     assert main(["analyze", "--model", "tiny-cnn", "--out", str(out), "--quiet"]) == 0
     assert _tree(out) == ["spectrum.json", "spectrum.md", "spectrum.png"]
     rep = json.loads((out / "spectrum.json").read_text())
-    model = P.build_model(P.model_spec("tiny-cnn"))
+    model = build_model(model_spec("tiny-cnn"))
     n_layers = sum(isinstance(m, (nn.Linear, nn.Conv2d)) for m in model.modules())
     assert len(rep["layers"]) == n_layers
 
@@ -174,8 +178,105 @@ def test_run_command_with_json_config(tmp_path: Path) -> None:
                                "data": {"calib": "digits", "n_calib": 50}}))
     assert main(["run", str(cfg), "--quiet", "--json", str(tmp_path / "state.json")]) == 0
     state = json.loads((tmp_path / "state.json").read_text())
-    assert state["completed"] == list(P.STAGES)
-    _, masks, _ = P.load_pruned(tmp_path / "r" / "model")
+    assert state["completed"] == list(STAGES)
+    _, masks, _ = load_pruned(tmp_path / "r" / "model")
     sd = masks.to_state_dict()
     assert sum(int((~m).sum()) for m in sd.values()) == int(0.25 * sum(m.numel() for m in sd.values()))
     assert main(["run", str(tmp_path / "missing.toml"), "--quiet"]) == 2
+
+
+def test_prune_and_run_are_one_code_path(tmp_path: Path) -> None:
+    """`mpprune prune FLAGS` and `mpprune run CONFIG` with the same settings write the same pruned model."""
+    pytest.importorskip("mpprune.certify")
+    gate = "min_certified=0.5,estimator=product_norm,max_bisect=2"
+    flags = ["--model", "tiny-mlp", "--method", "seb", "--sparsity", "0.6", "--calib", "digits",
+             "--n-calib", "24", "--batch-size", "8", "--seed", "3", "--gate", gate]
+    assert main(["prune", *flags, "--out", str(tmp_path / "p"), "--quiet"]) == 0
+    cfg = tmp_path / "same.toml"
+    cfg.write_text(
+        'analyze = false\n[model]\nname = "tiny-mlp"\n[method]\nname = "seb"\nsparsity = 0.6\n'
+        '[data]\ncalib = "digits"\nn_calib = 24\nbatch_size = 8\nseed = 3\n'
+        '[gate]\nmin_certified = 0.5\nestimator = "product_norm"\nmax_bisect = 2\n'
+    )
+    assert main(["run", str(cfg), "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    a, ma, man_a = load_pruned(tmp_path / "p")
+    b, mb, man_b = load_pruned(tmp_path / "r" / "model")
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert all(torch.equal(ma[k], mb[k]) for k in ma.to_state_dict())
+    assert man_a["report"]["layers"] == man_b["report"]["layers"]
+    # ... and the model is really pruned, behind the gate (the comparison could fail)
+    dense = build_model(model_spec("tiny-mlp"))
+    assert not torch.equal(dense[2].weight, a[2].weight) and int((a[2].weight == 0).sum()) > 0
+    assert {g["status"] for g in man_a["certificate"]["layers"]} <= {"passed", "backed_off", "left_dense"}
+    assert man_a["config"]["method"]["type"] == "SEB" and man_b["config"]["method"]["name"] == "seb"
+
+
+class _NotHere(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "said"),
+    [
+        ("limit", 3, "refused (LimitExceeded): probe budget of 7 exceeded"),
+        ("refusal", 3, "refused (_CustomRefusal): tail not piecewise linear"),
+        ("bad", 2, "error: layer '0' is odd"),
+        ("stray", 1, "internal error: ValueError: math domain error"),
+        ("other", 1, "internal error: _NotHere"),
+    ],
+)
+def test_exit_code_follows_the_kind_of_error(tmp_path: Path, capsys, monkeypatch, exc, code, said) -> None:
+    """Failures are told apart by base class: refusals and limits exit 3, bad input 2, anything else
+    (a stray ValueError included) 1 as an internal error; nothing is written in every case."""
+    from mpprune import run as R
+    from mpprune.errors import BadInput, LimitExceeded, Refusal
+
+    class _CustomRefusal(Refusal):  # e.g. the certifier's NotPiecewiseLinear
+        pass
+
+    errors = {"limit": LimitExceeded("probe budget of 7 exceeded"),
+              "refusal": _CustomRefusal("tail not piecewise linear"),
+              "bad": BadInput("layer '0' is odd"), "stray": ValueError("math domain error"),
+              "other": _NotHere("?")}
+
+    def boom(r):
+        raise errors[exc]
+
+    monkeypatch.setitem(R.STAGE_FUNCTIONS, "prune", boom)
+    out = tmp_path / "o"
+    rc = main(["prune", "--model", "tiny-mlp", "--method", "magnitude", "--sparsity", "0.5",
+               "--out", str(out), "--quiet"])
+    assert rc == code
+    assert said in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_dry_run_writes_nothing(tmp_path: Path, capsys) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'out = "{tmp_path / "never"}"\n[model]\nname = "tiny-mlp"\n'
+                   '[method]\nname = "magnitude"\nsparsity = 0.5\n')
+    before = _tree(tmp_path)
+    assert main(["run", str(cfg), "--dry-run", "--json", "-"]) == 0
+    text = capsys.readouterr().out
+    plan = json.loads(text[text.index("{"):])
+    assert plan["dry_run"] is True and plan["stages"]["prune"] == "run"
+    assert plan["stages"]["certify"] == "skip: no calibration data in the config"
+    assert _tree(tmp_path) == before
+    bad = tmp_path / "bad.toml"
+    bad.write_text('out = "x"\n[model]\nname = "tiny-mlp"\n'
+                   '[method]\nname = "seb"\nsparsity = 0.5\nbeta = 1\n')
+    assert main(["run", str(bad), "--dry-run", "--quiet"]) == 2
+    assert "allowed:" in capsys.readouterr().err
+
+
+def test_unreadable_checkpoint_is_bad_input(tmp_path: Path, capsys) -> None:
+    junk = tmp_path / "ck" / "junk.pt"
+    junk.parent.mkdir()
+    junk.write_bytes(b"not a checkpoint at all")
+    out = tmp_path / "o"
+    for cmd in (["prune", "--method", "magnitude", "--sparsity", "0.5"], ["analyze"]):
+        rc = main([*cmd, "--model", "tiny-mlp", "--checkpoint", str(junk), "--out", str(out), "--quiet"])
+        assert rc == 2
+        assert "cannot load the checkpoint" in capsys.readouterr().err
+    assert _tree(tmp_path) == ["ck", "ck/junk.pt"]

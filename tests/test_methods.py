@@ -141,9 +141,9 @@ def test_seb_exact_sparsity(kind: str, s: float, seed: int) -> None:
 
 @settings(max_examples=10)
 @given(st.floats(0.01, 0.95), st.integers(0, 1000))
-def test_seb_beta_zero_is_global_magnitude(s: float, seed: int) -> None:
+def test_seb_strength_zero_is_global_magnitude(s: float, seed: int) -> None:
     model = mlp(seed)
-    a = prune(model, SEB(s, beta=0.0), progress=False)
+    a = prune(model, SEB(s, strength=0.0), progress=False)
     b = prune(model, Magnitude(s), progress=False)
     for wa, wb in zip(target_weights(a.model), target_weights(b.model)):
         assert torch.equal(wa, wb)
@@ -167,7 +167,7 @@ class Planted(nn.Module):
 @pytest.mark.parametrize("s", [0.3, 0.5])
 def test_seb_prunes_high_sigma_plus_layers_more(s: float) -> None:
     model = Planted((0.5, 1.0, 2.0))
-    seb = prune(model, SEB(s, beta=1.0, s_d=1.0, signal="sigma_plus"), progress=False)
+    seb = prune(model, SEB(s, strength=1.0, s_d=1.0, signal="sigma_plus"), progress=False)
     mag = prune(model, Magnitude(s), progress=False)
     sig = [seb.report.layer(f"layers.{i}").sigma_plus for i in range(3)]
     w = [seb.report.layer(f"layers.{i}").weight for i in range(3)]
@@ -237,10 +237,10 @@ def test_layer_type_from_module_type_not_name() -> None:
     torch.manual_seed(0)
     res = prune(Odd(), SEB(0.7), progress=False)
     types = {lr.name: lr.details["layer_type"] for lr in res.report.layers}
-    betas = {lr.name: lr.details["beta"] for lr in res.report.layers}
+    strengths = {lr.name: lr.details["strength"] for lr in res.report.layers}
     assert types == {"mlp.qkv": "attn", "mlp.proj": "attn", "attn.fc1": "mlp", "attn.fc2": "mlp",
                      "fc": "other"}
-    assert betas["mlp.qkv"] == 1.0 and betas["attn.fc1"] == 2.0
+    assert strengths["mlp.qkv"] == 1.0 and strengths["attn.fc1"] == 2.0
     out = res.model(torch.randn(2, 4, 32))
     assert out.shape == (2, 5)
 
@@ -249,10 +249,10 @@ def test_seb_regime_table_and_final_regime() -> None:
     model = mlp(2, (24, 32, 32, 20))
     r = prune(model, SEB(0.15), progress=False)
     assert {lr.details["signal"] for lr in r.report.layers} == {"alpha"}
-    assert {lr.details["beta"] for lr in r.report.layers} == {0.5}
+    assert {lr.details["strength"] for lr in r.report.layers} == {0.5}
     assert r.report.layers[0].details["decay"] == pytest.approx(1 - 0.15 / 0.30)
     r = prune(model, SEB(0.45), progress=False)
-    assert {lr.details["beta"] for lr in r.report.layers} == {1.25}
+    assert {lr.details["strength"] for lr in r.report.layers} == {1.25}
     assert r.report.layers[0].details["decay"] == pytest.approx(1 - 0.45 / 0.70)
     fin = prune(model, SEB(0.25, regime="final"), progress=False)
     mag = prune(model, Magnitude(0.25), progress=False)
@@ -355,9 +355,10 @@ def test_ser_realised_sparsity_exact(s: float, rho: float, seed: int) -> None:
         assert torch.equal(wp[nz], wd[nz])
 
 
-def test_ser_beta_zero_magnitude_rank_is_global_magnitude() -> None:
+def test_ser_strength_zero_magnitude_rank_is_global_magnitude() -> None:
     model = mlp(5)
-    a = prune(model, SER(0.6, over_prune=1.3, beta=0.0, restore_rank="magnitude_x_weight"), progress=False)
+    a = prune(model, SER(0.6, over_prune=1.3, strength=0.0, restore_rank="magnitude_x_weight"),
+              progress=False)
     b = prune(model, Magnitude(0.6), progress=False)
     for wa, wb in zip(target_weights(a.model), target_weights(b.model)):
         assert torch.equal(wa, wb)
@@ -366,9 +367,9 @@ def test_ser_beta_zero_magnitude_rank_is_global_magnitude() -> None:
 def test_ser_restores_only_from_the_reservoir_and_uses_movement() -> None:
     model = mlp(6)
     data = batches(24, seed=1)
-    res = prune(model, SER(0.5, over_prune=1.4, beta=0.0, selection_steps=4, lr=0.05), train_data=data,
+    res = prune(model, SER(0.5, over_prune=1.4, strength=0.0, selection_steps=4, lr=0.05), train_data=data,
                 progress=False)
-    over = prune(model, Magnitude(min(0.7, 1.0)), progress=False)  # β=0: over-prune = magnitude at ρs
+    over = prune(model, Magnitude(min(0.7, 1.0)), progress=False)  # strength 0: over-prune = magnitude at ρs
     kept_over = torch.cat([w.reshape(-1) != 0 for w in target_weights(over.model)])
     kept = torch.cat([w.reshape(-1) != 0 for w in target_weights(res.model)])
     assert bool((kept_over & ~kept).sum() == 0)  # everything kept by the over-prune stays kept
@@ -483,3 +484,24 @@ def test_report_and_masks_enforced_after_prune() -> None:
     assert n_zeros(res.model) >= math.floor(0.6 * n_params(model))
     check_legal(res.masks, res.model)
     assert copy.deepcopy(res.masks.to_state_dict()).keys() == {"0", "2", "4"}
+
+
+def test_seb_alpha_signal_uses_the_one_hill_estimator() -> None:
+    """SEB's α-signal is mpprune.spectrum.hill_alpha of s², with the authors' 99 where it is undefined."""
+    import numpy as np
+
+    from mpprune.methods._common import SEB_ALPHA_UNDEFINED, seb_alpha
+    from mpprune.spectrum import hill_alpha
+
+    g = torch.Generator().manual_seed(4)
+    W = torch.randn(40, 30, generator=g, dtype=torch.float64)
+    s = np.linalg.svd(W.numpy(), compute_uv=False)
+    lam = np.sort(s**2)[::-1][:20]
+    by_hand = 1 + 1 / np.mean(np.log(lam[:19]) - np.log(lam[19]))
+    assert seb_alpha(W) == pytest.approx(by_hand, rel=1e-10)
+    assert hill_alpha(s**2) == pytest.approx(by_hand, rel=1e-10)
+    rank_one = torch.diag(torch.tensor([3.0, 0.0, 0.0, 0.0, 0.0, 0.0]))  # one positive eigenvalue: k < 2
+    assert np.isnan(hill_alpha(torch.linalg.svdvals(rank_one).numpy() ** 2))
+    assert seb_alpha(rank_one) == SEB_ALPHA_UNDEFINED == 99.0
+    assert seb_alpha(torch.eye(6)) == SEB_ALPHA_UNDEFINED  # a flat top: hill_alpha is inf
+    assert hill_alpha(np.ones(6)) == float("inf")

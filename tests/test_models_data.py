@@ -99,6 +99,22 @@ def test_load_timm_local_checkpoint_round_trip(tmp_path):
         torch.testing.assert_close(model(x), src.eval()(x))
 
 
+def test_timm_name_with_a_local_checkpoint_through_the_spec(tmp_path):
+    """Any timm name is a model: model_spec/build_model load it strictly from a local file."""
+    from mpprune.errors import BadInput
+    from mpprune.models import build_model, model_spec
+
+    src = load_timm("test_vit", num_classes=5)
+    path = tmp_path / "vit.pth"
+    torch.save(src.state_dict(), path)
+    spec = model_spec("test_vit", path, num_classes=5)
+    assert spec["kind"] == "timm"
+    model = build_model(spec)
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), model.state_dict().values()))
+    with pytest.raises(BadInput, match="cannot load the checkpoint"):
+        build_model(model_spec("test_vit", path, num_classes=3))  # the head does not fit
+
+
 def test_load_timm_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         load_timm("test_vit", checkpoint=tmp_path / "missing.pth")
@@ -279,3 +295,114 @@ def test_calibration_seed_changes_sample_and_covers_classes_on_real_digits():
     assert np.bincount(tr.targets[a], minlength=10).tolist() == [10] * 10
     batches = calibration_batches(tr, 64, batch_size=32)
     assert [tuple(xb.shape) for xb, _ in batches] == [(32, 1, 28, 28), (32, 1, 28, 28)]
+
+
+# ---------------------------------------------------------------------------------------------
+# the model registry
+# ---------------------------------------------------------------------------------------------
+
+
+def test_registry_is_the_one_list_of_models(capsys):
+    from mpprune.cli import main
+    from mpprune.models import MODELS, assets, model_names
+
+    assert model_names() == tuple(MODELS) == ("mnist-cnn", "efficientnet-lite0", "minilm", "tiny-mlp",
+                                              "tiny-cnn")
+    assert set(assets()) == {"mnist-cnn", "efficientnet-lite0", "minilm", "mnist-5k"}
+    assert asset_path("mnist_cnn") == asset_path("mnist-cnn") == MODELS["mnist-cnn"].asset.locate()
+    main(["prune", "--help"])
+    text = "".join(capsys.readouterr().out.split())  # the help is wrapped, also at hyphens
+    assert all(name in text for name in model_names())
+
+
+def test_adding_a_model_is_one_entry(tmp_path):
+    from mpprune.data import calibration_dataset
+    from mpprune.errors import BadInput
+    from mpprune.models import MODELS, ModelEntry, build_model, image_transform, model_spec, register_model
+
+    def wide(width: int = 12) -> nn.Module:
+        return tiny_mlp((64, width, 10), seed=5)
+
+    def load(checkpoint=None, width: int = 12) -> nn.Module:
+        model = wide(width)
+        if checkpoint is not None:
+            model.load_state_dict(torch.load(checkpoint, weights_only=True))
+        return model.eval()
+
+    register_model(ModelEntry(name="wide-mlp", description="test", load=load, architecture=wide,
+                              num_classes=10, flat_input=True,
+                              transform=lambda opts: (lambda img: torch.zeros(64))))
+    try:
+        assert MODELS["wide-mlp"].options == ("width",)
+        spec = model_spec("wide-mlp", width=20)
+        model = build_model(spec)
+        assert model[0].out_features == 20 and model.mpprune_spec["name"] == "wide-mlp"
+        with pytest.raises(BadInput, match=r"takes no option\(s\) \['depth'\]; its options: \['width'\]"):
+            model_spec("wide-mlp", depth=2)
+        assert calibration_dataset("digits", spec)[0][0].shape == (64,)  # flat_input: digits flattened
+        assert image_transform(spec)(None).shape == (64,)
+        ck = tmp_path / "w.pt"
+        torch.save(wide(20).state_dict(), ck)
+        loaded = build_model(model_spec("wide-mlp", ck, width=20))
+        assert torch.equal(loaded[0].weight, wide(20)[0].weight)
+        with pytest.raises(BadInput, match="cannot load the checkpoint"):
+            build_model(model_spec("wide-mlp", ck, width=12))  # shapes do not fit
+    finally:
+        MODELS.pop("wide-mlp")
+
+
+def test_builtin_transforms_and_architectures():
+    from PIL import Image
+
+    from mpprune.errors import BadInput
+    from mpprune.models import MNIST_MEAN, MNIST_STD, MnistCNN, build_model, image_transform, model_spec
+
+    img = Image.new("RGB", (40, 30), (255, 255, 255))
+    x = image_transform(model_spec("mnist-cnn"))(img)
+    assert x.shape == (1, 28, 28)
+    assert torch.allclose(x, torch.full_like(x, (1 - MNIST_MEAN) / MNIST_STD))
+    assert image_transform(model_spec("efficientnet-lite0"))(img).shape == (3, 224, 224)
+    assert image_transform(model_spec("tiny-cnn", in_channels=3))(img).shape == (3, 32, 32)
+    assert image_transform(model_spec("tiny-mlp"))(img).shape == (64,)
+    with pytest.raises(BadInput, match="no image input"):
+        image_transform(model_spec("minilm"))
+    arch = build_model(model_spec("mnist-cnn"), load_weights=False)
+    trained = load_mnist_cnn().fc_layers[2].weight
+    assert type(arch) is MnistCNN and not torch.equal(arch.fc_layers[2].weight, trained)
+
+
+def test_data_sources_and_accuracy(tmp_path):
+    from PIL import Image
+
+    from mpprune.data import (
+        BUILTIN_DATASETS,
+        VALIDATION_DIR_NAMES,
+        accuracy,
+        calibration_dataset,
+        eval_dataset,
+        is_builtin_dataset,
+    )
+    from mpprune.errors import BadInput
+    from mpprune.models import model_spec
+
+    assert tuple(BUILTIN_DATASETS) == ("mnist", "digits") and is_builtin_dataset("digits")
+    assert not is_builtin_dataset(str(tmp_path))
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            d = tmp_path / "imgs" / split / cls
+            d.mkdir(parents=True)
+            Image.new("L", (10, 10), 200 if cls == "a" else 20).save(d / "0.png")
+    spec = model_spec("tiny-mlp")
+    tr = calibration_dataset(tmp_path / "imgs", spec)
+    assert tr.split == "train" and tr[0][0].shape == (64,)  # the registry's transform for tiny-mlp
+    assert eval_dataset(tmp_path / "imgs", spec).split == "val"
+    for name in VALIDATION_DIR_NAMES:
+        with pytest.raises(BadInput, match="training split"):
+            calibration_dataset(tmp_path / "imgs" / name, spec)
+    with pytest.raises(FileNotFoundError, match="builtin data sets: mnist, digits"):
+        calibration_dataset(tmp_path / "missing", spec)
+    model = nn.Sequential(nn.Linear(64, 2))
+    ds = TensorDataset(torch.randn(9, 64), torch.tensor([0, 1, 0, 1, 0, 1, 0, 1, 0]))
+    with torch.no_grad():
+        pred = model(ds.tensors[0]).argmax(1)
+    assert accuracy(model, ds, limit=4, batch_size=3) == float((pred[:4] == ds.tensors[1][:4]).float().mean())

@@ -4,6 +4,7 @@ thresholds, layer-type classification and the per-layer report."""
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any
@@ -13,8 +14,10 @@ import torch
 from torch import nn
 
 from mpprune.data import require_train_split
+from mpprune.errors import BadInput
 from mpprune.layers import find_layers, matrix_blocks
 from mpprune.masks import weight_of
+from mpprune.spectrum import HILL_K, hill_alpha
 
 Include = Callable[[str, nn.Module], bool] | Sequence[str] | None
 
@@ -42,9 +45,9 @@ class Target:
 def check_sparsity(s: float, what: str = "sparsity") -> None:
     """Raise ValueError unless ``0 <= s < 1``."""
     if not isinstance(s, (int, float)) or isinstance(s, bool) or not math.isfinite(float(s)):
-        raise ValueError(f"{what} must be a finite number in [0, 1), got {s!r}")
+        raise BadInput(f"{what} must be a finite number in [0, 1), got {s!r}")
     if not 0.0 <= float(s) < 1.0:
-        raise ValueError(f"{what} must lie in [0, 1), got {s!r}")
+        raise BadInput(f"{what} must lie in [0, 1), got {s!r}")
 
 
 def target_layers(model: nn.Module, include: Include = None) -> list[Target]:
@@ -59,7 +62,7 @@ def target_layers(model: nn.Module, include: Include = None) -> list[Target]:
         names = {i.name for i in infos}
         missing = [n for n in wanted if n not in names]
         if missing:
-            raise ValueError(f"include names not found among prunable layers: {missing}")
+            raise BadInput(f"include names not found among prunable layers: {missing}")
         wanted_set = set(wanted)
         infos = [i for i in infos if i.name in wanted_set]
     elif callable(include):
@@ -72,12 +75,12 @@ def target_layers(model: nn.Module, include: Include = None) -> list[Target]:
         seen.add(id(info.module))
         w = weight_of(info.module)
         if w.numel() == 0:
-            raise ValueError(f"layer {info.name!r}: empty weight of shape {tuple(w.shape)}")
+            raise BadInput(f"layer {info.name!r}: empty weight of shape {tuple(w.shape)}")
         if not bool(torch.isfinite(w.detach()).all()):
-            raise ValueError(f"layer {info.name!r}: weight of shape {tuple(w.shape)} contains NaN or Inf")
+            raise BadInput(f"layer {info.name!r}: weight of shape {tuple(w.shape)} contains NaN or Inf")
         targets.append(Target(info.name, info.module, info.kind, info.eligible_for_fit, info.reason, info))
     if not targets:
-        raise ValueError("model has no prunable (Linear/Conv2d) layers selected")
+        raise BadInput("model has no prunable (Linear/Conv2d) layers selected")
     return targets
 
 
@@ -115,18 +118,18 @@ def fit_batch(mats: list[torch.Tensor], **kwargs: Any) -> list[Any]:
     return list(fit_mp_batch(mats, **kw))
 
 
-def hill_alpha(W: torch.Tensor, k: int = 20) -> float:
-    """Hill tail exponent on the k largest eigenvalues λ = s² (digest §3.1): 1 + 1/mean(log λ_i − log λ_k),
-    99 when fewer than two eigenvalues are available."""
+#: SEB's α-signal of a layer whose Hill exponent is undefined (fewer than two positive eigenvalues, or a
+#: flat top): the authors' value (digest §3.1), which gives that layer the largest z-score.
+SEB_ALPHA_UNDEFINED = 99.0
+
+
+def seb_alpha(W: torch.Tensor, k: int = HILL_K) -> float:
+    """SEB's α-signal of one matrix: :func:`mpprune.spectrum.hill_alpha` of the eigenvalues λ = s² (from
+    the float64 singular values; the exponent is scale-free), :data:`SEB_ALPHA_UNDEFINED` where that is
+    NaN (k < 2) or infinite (flat top)."""
     s = torch.linalg.svdvals(W.detach().double().cpu()).numpy()
-    lam = np.sort(s**2)[::-1]
-    lam = lam[lam > 0]
-    k = min(k, lam.size)
-    if k < 2:
-        return 99.0
-    top = np.log(lam[:k])
-    gap = float(np.mean(top[: k - 1] - top[k - 1]))
-    return 99.0 if gap <= 0 else 1.0 + 1.0 / gap
+    alpha = hill_alpha(s**2, k)
+    return alpha if math.isfinite(alpha) else SEB_ALPHA_UNDEFINED
 
 
 def layer_signals(targets: Sequence[Target], *, need_alpha: bool = False) -> dict[nn.Module, LayerSignal]:
@@ -160,7 +163,7 @@ def layer_signals(targets: Sequence[Target], *, need_alpha: bool = False) -> dic
     if need_alpha:
         for t in targets:
             if t.eligible_for_fit:
-                vals = [hill_alpha(b) for _, b in matrix_blocks(t.info)]
+                vals = [seb_alpha(b) for _, b in matrix_blocks(t.info)]
                 out[t.module].alpha_hill = float(np.mean(vals))
     return out
 
@@ -183,19 +186,18 @@ _MLP_WORDS = ("Mlp", "MLP", "FeedForward", "SwiGLU", "FFN")
 
 
 def _timm_classes() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """nn.MultiheadAttention and timm's attention classes; timm's Mlp classes. timm is not imported here:
+    while it is not loaded no module can be an instance of its classes (and importing it costs seconds)."""
     attn: list[type] = [nn.MultiheadAttention]
     mlp: list[type] = []
-    try:
-        import timm.layers as tl
-
+    tl = sys.modules.get("timm.layers")
+    if tl is not None:
         for n in ("Attention", "AttentionRope", "Attention2d", "MultiQueryAttention2d", "DiffAttention"):
             if hasattr(tl, n):
                 attn.append(getattr(tl, n))
         for n in ("Mlp", "GluMlp", "SwiGLU", "GatedMlp", "ConvMlp", "GlobalResponseNormMlp"):
             if hasattr(tl, n):
                 mlp.append(getattr(tl, n))
-    except ImportError:  # pragma: no cover - timm is a dependency
-        pass
     return tuple(attn), tuple(mlp)
 
 
@@ -347,7 +349,7 @@ class PruneReport:
 def config_dict(config: Any) -> dict[str, Any]:
     """A JSON-friendly dict of a config dataclass (callables and sequences rendered plainly)."""
     if not is_dataclass(config):
-        raise ValueError(f"expected a config dataclass, got {type(config).__name__}")
+        raise BadInput(f"expected a config dataclass, got {type(config).__name__}")
     out: dict[str, Any] = {"type": type(config).__name__}
     for k, v in asdict(config).items():  # type: ignore[arg-type,call-overload]
         if callable(v):

@@ -1,8 +1,10 @@
 """One function applies every pruning config: ``prune(model, config, ...)`` (torchao-style).
 
-Each method module registers a handler for its config dataclass with :func:`register`; ``prune`` copies
-the model (unless ``inplace``), checks data splits, runs the handler, optionally runs the gate, and
-returns a :class:`PruneResult`.
+Each method module registers a handler for its config dataclass, under one name, with :func:`register`
+(``@register(SEB, "seb")``); ``prune`` copies the model (unless ``inplace``), checks data splits, runs the
+handler, optionally runs the gate, and returns a :class:`PruneResult`. The registry is the one list of
+methods: :func:`method_names` (CLI choices, config parsing) and :func:`method_config` are read from it.
+A config that selects with training data says so with a ``needs_train_data`` property.
 """
 
 from __future__ import annotations
@@ -14,10 +16,21 @@ from typing import Any
 
 from torch import nn
 
+from mpprune.errors import BadInput
 from mpprune.masks import MaskStore
 from mpprune.methods._common import LayerReport, PruneReport, check_split, config_dict
 
-__all__ = ["Context", "MethodOutput", "PruneResult", "prune", "register"]
+__all__ = [
+    "Context",
+    "MethodOutput",
+    "PruneResult",
+    "prune",
+    "register",
+    "method_names",
+    "method_config",
+    "method_name",
+    "needs_train_data",
+]
 
 
 @dataclass
@@ -48,23 +61,69 @@ class PruneResult:
 
 
 Handler = Callable[[nn.Module, Any, Context], MethodOutput]
+#: config type → handler.
 _REGISTRY: dict[type, Handler] = {}
+#: registered name → config type (the same entries as :data:`_REGISTRY`, by name).
+_NAMES: dict[str, type] = {}
 
 
-def register(config_type: type) -> Callable[[Handler], Handler]:
-    """Decorator registering ``handler(model, config, ctx) -> MethodOutput`` for ``config_type``."""
+def register(config_type: type, name: str) -> Callable[[Handler], Handler]:
+    """Decorator registering ``handler(model, config, ctx) -> MethodOutput`` for ``config_type`` under
+    ``name`` (lower case, ``_`` between words: the name of ``--method`` and of ``[method] name``)."""
+    if not name or name != name.lower() or "-" in name:
+        raise ValueError(f"method name {name!r} must be lower case with '_' between words")
+    if _NAMES.get(name, config_type) is not config_type:
+        raise ValueError(f"method name {name!r} is already registered for {_NAMES[name].__name__}")
 
     def deco(fn: Handler) -> Handler:
         _REGISTRY[config_type] = fn
+        _NAMES[name] = config_type
         return fn
 
     return deco
 
 
+def _load_builtins() -> None:
+    import mpprune.methods  # noqa: F401  (registers every built-in config)
+
+
+def method_names() -> tuple[str, ...]:
+    """Every registered method name, sorted."""
+    _load_builtins()
+    return tuple(sorted(_NAMES))
+
+
+def method_config(name: str) -> type:
+    """The config dataclass registered as ``name`` (``-`` may stand for ``_``, any case).
+
+    Raises :class:`BadInput` naming the known methods for an unknown name.
+    """
+    _load_builtins()
+    key = str(name).lower().replace("-", "_")
+    if key not in _NAMES:
+        raise BadInput(f"unknown method {name!r}; known: {', '.join(method_names())}")
+    return _NAMES[key]
+
+
+def method_name(config: Any) -> str:
+    """The registered name of a config object (or config type)."""
+    _load_builtins()
+    cls = config if isinstance(config, type) else type(config)
+    for name, typ in _NAMES.items():
+        if typ is cls:
+            return name
+    raise BadInput(f"{cls.__name__} is not a registered pruning config; known: {', '.join(method_names())}")
+
+
+def needs_train_data(config: Any) -> bool:
+    """Whether ``config`` selects with training data (its ``needs_train_data`` property; False without)."""
+    return bool(getattr(config, "needs_train_data", False))
+
+
 def _run_gate(gate: Any, original: nn.Module, pruned: nn.Module, masks: MaskStore, calibration: Any) -> Any:
     """The single place where a gate is invoked: ``gate.apply(original, pruned, masks, calibration)``."""
     if not hasattr(gate, "apply"):
-        raise ValueError(
+        raise BadInput(
             f"gate of type {type(gate).__name__} has no apply(original, pruned, masks, calibration)"
         )
     return gate.apply(original, pruned, masks, calibration)
@@ -88,14 +147,13 @@ def prune(
     masks, calibration)`` is called once; if its result has a ``model`` and/or ``masks`` attribute those
     replace the pruned ones, and the result is stored in ``report.gate``.
     """
-    import mpprune.methods  # noqa: F401  (registers every built-in config)
-
+    _load_builtins()
     if not isinstance(model, nn.Module):
-        raise ValueError(f"prune expects an nn.Module, got {type(model).__name__}")
+        raise BadInput(f"prune expects an nn.Module, got {type(model).__name__}")
     handler = _REGISTRY.get(type(config))
     if handler is None:
         known = ", ".join(sorted(t.__name__ for t in _REGISTRY))
-        raise ValueError(f"unknown pruning config {type(config).__name__}; known: {known}")
+        raise BadInput(f"unknown pruning config {type(config).__name__}; known: {known}")
     check_split(calibration, "calibration")
     check_split(train_data, "train_data")
     original = model

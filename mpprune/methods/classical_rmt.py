@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mpprune.errors import BadInput
 from mpprune.layers import from_matrix_view, matrix_blocks
 from mpprune.masks import MaskStore
 from mpprune.methods._common import (
@@ -52,15 +53,15 @@ class ClassicalRMT:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 0.5:
-            raise ValueError(f"alpha must lie in (0, 0.5), got {self.alpha!r}")
+            raise BadInput(f"alpha must lie in (0, 0.5), got {self.alpha!r}")
         if not 0.0 <= self.keep_fraction <= 1.0:
-            raise ValueError(f"keep_fraction must lie in [0, 1], got {self.keep_fraction!r}")
+            raise BadInput(f"keep_fraction must lie in [0, 1], got {self.keep_fraction!r}")
         if not 0.0 < self.delta < 1.0:
-            raise ValueError(f"delta must lie in (0, 1), got {self.delta!r}")
+            raise BadInput(f"delta must lie in (0, 1), got {self.delta!r}")
         if self.min_rank < 0:
-            raise ValueError(f"min_rank must be >= 0, got {self.min_rank!r}")
+            raise BadInput(f"min_rank must be >= 0, got {self.min_rank!r}")
         if not (math.isfinite(self.vector_z) and self.vector_z >= 0):
-            raise ValueError(f"vector_z must be >= 0, got {self.vector_z!r}")
+            raise BadInput(f"vector_z must be >= 0, got {self.vector_z!r}")
         normalise_include(self)
 
 
@@ -95,13 +96,13 @@ def lowrank_block(
 def _set_module(parents: dict[nn.Module, nn.Module], old: nn.Module, new: nn.Module) -> None:
     parent = parents.get(old)
     if parent is None:
-        raise ValueError("cannot factorise the root module itself")
+        raise BadInput("cannot factorise the root module itself")
     for cname, child in parent.named_children():
         if child is old:
             setattr(parent, cname, new)
 
 
-@register(ClassicalRMT)
+@register(ClassicalRMT, "classical_rmt")
 def _apply_classical(model: nn.Module, cfg: ClassicalRMT, ctx: Context) -> MethodOutput:
     targets = target_layers(model, cfg.include)
     fit_targets = [t for t in targets if t.eligible_for_fit]

@@ -40,6 +40,11 @@ class Hybrid:
         normalise_include(self)
         self.ser_config()  # validates the SER fields
 
+    @property
+    def needs_train_data(self) -> bool:
+        """Whether the SER stage (beyond ``switch``) selects with training data."""
+        return self.sparsity > self.switch and self.ser_config().needs_train_data
+
     def ser_config(self) -> SER:
         """The SER config of stage 2."""
         return SER(
@@ -49,7 +54,7 @@ class Hybrid:
         )
 
 
-@register(Hybrid)
+@register(Hybrid, "hybrid")
 def _apply_hybrid(model: nn.Module, cfg: Hybrid, ctx: Context) -> MethodOutput:
     targets = target_layers(model, cfg.include)
     s1 = min(cfg.switch, cfg.sparsity)

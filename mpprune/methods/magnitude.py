@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mpprune.errors import BadInput
 from mpprune.masks import MaskStore
 from mpprune.methods._common import (
     Include,
@@ -28,7 +29,7 @@ def normalise_include(obj: object) -> None:
     inc = getattr(obj, "include", None)
     if inc is not None and not callable(inc):
         if isinstance(inc, str):
-            raise ValueError("include must be a sequence of qualified names or a callable, not one string")
+            raise BadInput("include must be a sequence of qualified names or a callable, not one string")
         object.__setattr__(obj, "include", tuple(inc))
 
 
@@ -47,7 +48,7 @@ class Magnitude:
     def __post_init__(self) -> None:
         check_sparsity(self.sparsity)
         if self.scope not in ("global", "layer"):
-            raise ValueError(f"scope must be 'global' or 'layer', got {self.scope!r}")
+            raise BadInput(f"scope must be 'global' or 'layer', got {self.scope!r}")
         normalise_include(self)
 
 
@@ -92,7 +93,7 @@ def masks_to_store(targets: Sequence[Target], prune: dict[nn.Module, torch.Tenso
     return store
 
 
-@register(Magnitude)
+@register(Magnitude, "magnitude")
 def _apply_magnitude(model: nn.Module, cfg: Magnitude, ctx: Context) -> MethodOutput:
     targets = target_layers(model, cfg.include)
     prune = score_masks(targets, cfg.sparsity, scope=cfg.scope)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mpprune.errors import BadInput
 from mpprune.methods._common import (
     Include,
     Target,
@@ -44,7 +45,9 @@ class SER:
     ``train_data`` with only reservoir entries trainable (model in eval mode, so BatchNorm statistics
     and dropout are frozen); ``"magnitude_x_weight"`` ranks by |W_dense|·w_ℓ and needs no data.
     w_ℓ is recomputed at the post-prune sparsity. ``restore_value``: ``"dense"`` (original value) or
-    ``"trained"`` (value after selection). SEB parameters as in :class:`SEB` (None = regime table).
+    ``"trained"`` (value after selection). SEB parameters (``strength``: the β of the paper, digest §3.4;
+    ``s_d``, ``p``, ``signal``) as in :class:`SEB` (None = regime table). ``needs_train_data`` says whether
+    the selection uses training data (``movement_x_weight`` with ``selection_steps > 0``).
     """
 
     sparsity: float
@@ -54,30 +57,35 @@ class SER:
     optimizer: str = "adamw"
     restore_rank: str = "movement_x_weight"
     restore_value: str = "dense"
-    beta: float | None = None
+    strength: float | None = None
     s_d: float | None = None
     p: float = 1.0
     signal: str | None = None
-    beta_attn: float | None = None
-    beta_mlp: float | None = None
+    strength_attn: float | None = None
+    strength_mlp: float | None = None
     seed: int = 0
     include: Include = None
 
     def __post_init__(self) -> None:
         check_sparsity(self.sparsity)
         if not (math.isfinite(self.over_prune) and self.over_prune >= 1.0):
-            raise ValueError(f"over_prune must be >= 1, got {self.over_prune!r}")
+            raise BadInput(f"over_prune must be >= 1, got {self.over_prune!r}")
         if self.selection_steps < 0:
-            raise ValueError(f"selection_steps must be >= 0, got {self.selection_steps!r}")
+            raise BadInput(f"selection_steps must be >= 0, got {self.selection_steps!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+            raise BadInput(f"lr must be > 0, got {self.lr!r}")
         if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+            raise BadInput(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if self.restore_rank not in _RANKS:
-            raise ValueError(f"restore_rank must be one of {_RANKS}, got {self.restore_rank!r}")
+            raise BadInput(f"restore_rank must be one of {_RANKS}, got {self.restore_rank!r}")
         if self.restore_value not in ("dense", "trained"):
-            raise ValueError(f"restore_value must be 'dense' or 'trained', got {self.restore_value!r}")
+            raise BadInput(f"restore_value must be 'dense' or 'trained', got {self.restore_value!r}")
         normalise_include(self)
+
+    @property
+    def needs_train_data(self) -> bool:
+        """Whether the selection trains on data (``movement_x_weight`` with ``selection_steps > 0``)."""
+        return self.restore_rank == "movement_x_weight" and self.selection_steps > 0
 
     # SEB-like view used by resolve_seb
     @property
@@ -93,7 +101,7 @@ def _batches(data: Iterable[Any], steps: int) -> Iterable[tuple[torch.Tensor, to
     it = itertools.cycle(data) if not hasattr(data, "__next__") else data
     for batch in itertools.islice(it, steps):
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise ValueError("train_data must yield (inputs, labels) pairs")
+            raise BadInput("train_data must yield (inputs, labels) pairs")
         yield batch[0], batch[1]
 
 
@@ -144,7 +152,7 @@ def _selection(
                     t.weight.copy_(torch.where(m, t.weight, snap[t.module]))
             n += 1
         if ws and n == 0:
-            raise ValueError("SER selection: train_data yielded no batches")
+            raise BadInput("SER selection: train_data yielded no batches")
     finally:
         for p, rg in zip(params, saved_rg):
             p.requires_grad_(rg)
@@ -161,9 +169,8 @@ def ser_prune(
     prior: dict[nn.Module, torch.Tensor] | None = None,
 ) -> MethodOutput:
     """Run SER on ``targets`` of ``model`` in place. ``prior`` (True = already pruned) stays pruned."""
-    needs_data = cfg.restore_rank == "movement_x_weight" and cfg.selection_steps > 0
-    if needs_data and train_data is None:
-        raise ValueError("SER with restore_rank='movement_x_weight' needs train_data (an iterable of (x, y))")
+    if cfg.needs_train_data and train_data is None:
+        raise BadInput("SER with restore_rank='movement_x_weight' needs train_data (an iterable of (x, y))")
     check_split(train_data, "train_data")
     zeros_now = {t.module: (t.weight.detach() == 0) for t in targets}
     if prior is not None:
@@ -174,7 +181,7 @@ def ser_prune(
     k_over = max(k_over, k_target)
     n_prior = int(sum(int(z.sum().item()) for z in zeros_now.values()))
     if n_prior > k_target:
-        raise ValueError(
+        raise BadInput(
             f"model already has {n_prior} zero weights > target {k_target} "
             f"(= floor({cfg.sparsity}·{n_total}))"
         )
@@ -234,7 +241,7 @@ def ser_prune(
     return MethodOutput(store, reports_from_masks(targets, final_prune, signals, weights, details), notes)
 
 
-@register(SER)
+@register(SER, "ser")
 def _apply_ser(model: nn.Module, cfg: SER, ctx: Context) -> MethodOutput:
     targets = target_layers(model, cfg.include)
     return ser_prune(model, targets, cfg, ctx.train_data)

@@ -1,4 +1,5 @@
-"""Checkpoints (save_pruned/load_pruned), atomic writes, input protection and resumable runs."""
+"""Checkpoints (mpprune.checkpoint: save_pruned/load_pruned), atomic publishing and input protection
+(mpprune.io)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from mpprune import pipeline as P
+from mpprune.checkpoint import load_pruned, save_pruned
 from mpprune.masks import MaskStore
 from mpprune.methods import Magnitude, prune
-from mpprune.models import tiny_mlp
+from mpprune.models import build_model, default_checkpoint, model_spec, tiny_mlp
 
 
 def _sha(path: Path) -> str:
@@ -37,7 +38,7 @@ def _no_hooks(model: nn.Module) -> bool:
 
 @pytest.fixture(scope="module")
 def tiny_pruned() -> tuple[nn.Module, MaskStore, object]:
-    model = P.build_model(P.model_spec("tiny-mlp"))
+    model = build_model(model_spec("tiny-mlp"))
     res = prune(model, Magnitude(sparsity=0.5), progress=False)
     return res.model, res.masks, res.report
 
@@ -45,8 +46,8 @@ def tiny_pruned() -> tuple[nn.Module, MaskStore, object]:
 # ------------------------------------------------------------------------------------------ round trip
 def test_round_trip_tiny_identical_outputs(tmp_path: Path, tiny_pruned) -> None:
     model, masks, report = tiny_pruned
-    out = P.save_pruned(tmp_path / "ck", model, masks, report, config=Magnitude(sparsity=0.5))
-    loaded, lmasks, manifest = P.load_pruned(out)
+    out = save_pruned(tmp_path / "ck", model, masks, report, config=Magnitude(sparsity=0.5))
+    loaded, lmasks, manifest = load_pruned(out)
     assert type(loaded) is nn.Sequential and _no_hooks(loaded)
     assert loaded is not model
     x = torch.randn(64, 64, generator=torch.Generator().manual_seed(1))
@@ -64,12 +65,12 @@ def test_round_trip_tiny_identical_outputs(tmp_path: Path, tiny_pruned) -> None:
 def test_round_trip_mnist_cnn_real_digits(tmp_path: Path) -> None:
     from mpprune.data import mnist_digits
 
-    dense = P.build_model(P.model_spec("mnist-cnn"))
+    dense = build_model(model_spec("mnist-cnn"))
     res = prune(dense, Magnitude(sparsity=0.5, scope="layer"), progress=False)
-    asset = P._default_checkpoint(dense.mpprune_spec)
-    ckpt = P.save_pruned(tmp_path / "mnist", res.model, res.masks, res.report,
+    asset = default_checkpoint(dense.mpprune_spec)
+    ckpt = save_pruned(tmp_path / "mnist", res.model, res.masks, res.report,
                          config={"method": "magnitude"}, inputs=[asset])
-    loaded, _, manifest = P.load_pruned(ckpt)
+    loaded, _, manifest = load_pruned(ckpt)
     val = mnist_digits("val")
     x = torch.stack([val[i][0] for i in range(256)])
     with torch.no_grad():
@@ -99,9 +100,9 @@ def test_tied_weights_save_and_load(tmp_path: Path) -> None:
     torch.manual_seed(0)
     m = Tied()
     masks = MaskStore.from_model_zeros(m)
-    P.save_pruned(tmp_path / "t", m, masks, None, config={})
+    save_pruned(tmp_path / "t", m, masks, None, config={})
     fresh = Tied()
-    loaded, _, manifest = P.load_pruned(tmp_path / "t", model=fresh)
+    loaded, _, manifest = load_pruned(tmp_path / "t", model=fresh)
     x = torch.randn(5, 8)
     with torch.no_grad():
         assert torch.equal(m(x), loaded(x))
@@ -115,7 +116,7 @@ def test_manifest_keys_and_checksums(tmp_path: Path, tiny_pruned) -> None:
     ck = tmp_path / "in" / "weights.pt"
     ck.parent.mkdir()
     torch.save(model.state_dict(), ck)
-    out = P.save_pruned(tmp_path / "out", model, masks, report, config=Magnitude(sparsity=0.5),
+    out = save_pruned(tmp_path / "out", model, masks, report, config=Magnitude(sparsity=0.5),
                         inputs=[ck],
                         certificate={"certified_fraction": 0.995, "per_sample": list(range(200))})
     man = json.loads((out / "manifest.json").read_text())
@@ -138,12 +139,12 @@ def test_manifest_keys_and_checksums(tmp_path: Path, tiny_pruned) -> None:
 
 def test_corrupted_checkpoint_is_refused(tmp_path: Path, tiny_pruned) -> None:
     model, masks, report = tiny_pruned
-    out = P.save_pruned(tmp_path / "c", model, masks, report, config={})
+    out = save_pruned(tmp_path / "c", model, masks, report, config={})
     raw = bytearray((out / "model.safetensors").read_bytes())
     raw[-1] ^= 0xFF
     (out / "model.safetensors").write_bytes(bytes(raw))
     with pytest.raises(ValueError, match="sha256"):
-        P.load_pruned(out)
+        load_pruned(out)
 
 
 # ------------------------------------------------------------------------------------------- atomic
@@ -154,15 +155,15 @@ def test_failed_save_to_new_dir_leaves_nothing(tmp_path: Path, tiny_pruned, monk
     def boom(*a, **k):
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(P.os, "replace", boom)
+    monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError, match="simulated"):
-        P.save_pruned(tmp_path / "new", model, masks, report, config={})
+        save_pruned(tmp_path / "new", model, masks, report, config={})
     assert _listing(tmp_path) == before
 
 
 def test_failed_save_into_existing_dir_keeps_old_files(tmp_path: Path, tiny_pruned, monkeypatch) -> None:
     model, masks, report = tiny_pruned
-    out = P.save_pruned(tmp_path / "old", model, masks, report, config={"v": 1})
+    out = save_pruned(tmp_path / "old", model, masks, report, config={"v": 1})
     before = _listing(tmp_path)
     real = os.replace
     calls = {"n": 0}
@@ -173,9 +174,9 @@ def test_failed_save_into_existing_dir_keeps_old_files(tmp_path: Path, tiny_prun
             raise OSError("simulated crash during replace")
         return real(src, dst)
 
-    monkeypatch.setattr(P.os, "replace", flaky)
+    monkeypatch.setattr(os, "replace", flaky)
     with pytest.raises(OSError, match="simulated"):
-        P.save_pruned(out, model, masks, report, config={"v": 2})
+        save_pruned(out, model, masks, report, config={"v": 2})
     assert _listing(tmp_path) == before  # no temp files, nothing changed
 
 
@@ -184,7 +185,7 @@ def test_unserialisable_input_writes_nothing(tmp_path: Path) -> None:
     with torch.no_grad():
         m[0].weight[0, 0] = float("nan")
     with pytest.raises(ValueError, match=r"0\.weight.*NaN"):
-        P.save_pruned(tmp_path / "x", m, None, None, config={})
+        save_pruned(tmp_path / "x", m, None, None, config={})
     assert not (tmp_path / "x").exists() and list(tmp_path.iterdir()) == []
 
 
@@ -195,120 +196,50 @@ def test_refuses_to_write_where_the_input_checkpoint_lives(tmp_path: Path, tiny_
     torch.save(model.state_dict(), ck)
     before = _listing(tmp_path)
     with pytest.raises(ValueError, match="input checkpoint"):
-        P.save_pruned(tmp_path, model, masks, report, config={}, inputs=[ck])
+        save_pruned(tmp_path, model, masks, report, config={}, inputs=[ck])
     with pytest.raises(ValueError, match="input"):
-        P.save_pruned(ck, model, masks, report, config={}, inputs=[ck])
+        save_pruned(ck, model, masks, report, config={}, inputs=[ck])
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     with pytest.raises(ValueError, match="inside the input directory"):
-        P.save_pruned(data_dir / "sub", model, masks, report, config={}, inputs=[data_dir])
+        save_pruned(data_dir / "sub", model, masks, report, config={}, inputs=[data_dir])
     data_dir.rmdir()
     assert _listing(tmp_path) == before
 
 
-# ----------------------------------------------------------------------------------------- helpers
-def test_parse_gate_and_method_validation() -> None:
-    assert P.parse_gate("min_certified=0.99,elastic_net=1e-3:1e-4,backoff=bisect") == {
-        "min_certified": 0.99, "elastic_net": (1e-3, 1e-4), "backoff": "bisect"}
-    for bad in ("min_certified", "", "1x=2"):
-        with pytest.raises(ValueError):
-            P.parse_gate(bad)
-    with pytest.raises(ValueError, match="classical_rmt takes no sparsity"):
-        P.make_method("classical_rmt", 0.5)
-    with pytest.raises(ValueError, match="unknown method"):
-        P.make_method("random", 0.5)
-    with pytest.raises(ValueError, match="needs a sparsity"):
-        P.make_method("seb")
-    with pytest.raises(ValueError, match="unknown model"):
-        P.model_spec("not-a-model-xyz")
+# ------------------------------------------------------------------------------------------------ io
+def test_publish_files_is_all_or_nothing(tmp_path: Path, monkeypatch) -> None:
+    from mpprune.io import publish_files, staged_output
+
+    out = publish_files(tmp_path / "new", {"a.txt": b"1", "manifest.json": b"{}"})
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt", "manifest.json"]
+    publish_files(out, {"a.txt": b"2"})  # an existing directory: files replaced one by one, atomically
+    assert (out / "a.txt").read_bytes() == b"2"
+    before = _listing(tmp_path)
+    with pytest.raises(RuntimeError, match="half way"), staged_output(tmp_path / "staged") as d:
+        (d / "x").write_text("partial")
+        raise RuntimeError("half way")
+    assert _listing(tmp_path) == before  # neither the output nor a staging directory is left
+    (tmp_path / "empty").mkdir()
+    with staged_output(tmp_path / "empty") as d:
+        (d / "x").write_text("done")
+    assert (tmp_path / "empty" / "x").read_text() == "done"
 
 
-def test_calibration_refuses_validation_paths(tmp_path: Path) -> None:
-    for name in ("val", "validation", "test"):
-        d = tmp_path / name
-        d.mkdir()
-        with pytest.raises(ValueError, match="training split"):
-            P.calibration_dataset(d, P.model_spec("mnist-cnn"))
-    assert P.calibration_dataset("digits", P.model_spec("tiny-mlp")).split == "train"
-    assert P.eval_dataset("digits", P.model_spec("tiny-mlp")).split == "val"
+def test_check_new_output_and_provenance(tmp_path: Path) -> None:
+    from mpprune.errors import BadInput
+    from mpprune.io import check_new_output, input_record, provenance, sha256_file
 
-
-# ------------------------------------------------------------------------------------------- resume
-def _config(out: Path) -> dict:
-    return {"out": str(out), "model": {"name": "tiny-mlp"}, "method": {"name": "magnitude", "sparsity": 0.5},
-            "data": {"calib": "digits", "n_calib": 100, "batch_size": 50}}
-
-
-def test_run_resumes_after_a_crash(tmp_path: Path, monkeypatch) -> None:
-    out = tmp_path / "run"
-    cfg = _config(out)
-    calls: dict[str, int] = {}
-    originals = dict(P.STAGE_FUNCTIONS)
-
-    def counting(stage: str, crash: bool = False):
-        def fn(r):
-            calls[stage] = calls.get(stage, 0) + 1
-            if crash:
-                raise RuntimeError(f"simulated crash in {stage}")
-            return originals[stage](r)
-        return fn
-
-    for s in P.STAGES:
-        monkeypatch.setitem(P.STAGE_FUNCTIONS, s, counting(s, crash=(s == "evaluate")))
-    with pytest.raises(RuntimeError, match="simulated crash in evaluate"):
-        P.run(cfg, progress=False)
-    state = json.loads((out / "state.json").read_text())
-    assert state["completed"] == ["load", "analyze", "prune", "certify"]
-    assert not (out / "model").exists()
-
-    calls.clear()
-    for s in P.STAGES:
-        monkeypatch.setitem(P.STAGE_FUNCTIONS, s, counting(s))
-    final = P.run(cfg, progress=False)
-    assert calls == {"evaluate": 1, "save": 1}  # completed stages were skipped
-    assert final["completed"] == list(P.STAGES)
-    # the final checkpoint is the stage-checkpointed pruned model, and it is really 50 % sparse
-    stage_model, _, _ = P.load_pruned(out / "stages" / "prune")
-    final_model, _, manifest = P.load_pruned(out / "model")
-    x = torch.randn(16, 64, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        assert torch.equal(stage_model(x), final_model(x))
-    n_zero = sum(int((m.weight == 0).sum()) for m in final_model if isinstance(m, nn.Linear))
-    n_all = sum(m.weight.numel() for m in final_model if isinstance(m, nn.Linear))
-    assert n_zero == int(0.5 * n_all)
-    ev = final["results"]["evaluate"]
-    from mpprune.data import sklearn_digits
-
-    val = sklearn_digits("val")
-    xs = torch.stack([val[i][0] for i in range(len(val))])
-    ys = torch.tensor([int(val[i][1]) for i in range(len(val))])
-    with torch.no_grad():
-        assert ev["accuracy_pruned"] == pytest.approx(float((final_model(xs).argmax(1) == ys).float().mean()))
-    assert manifest["evaluation"] == ev
-
-    # a different config in the same directory is refused; resume=False starts over
-    other = dict(cfg, method={"name": "magnitude", "sparsity": 0.3})
-    with pytest.raises(ValueError, match="different config"):
-        P.run(other, progress=False)
-    calls.clear()
-    P.run(dict(other, analyze=False), resume=False, progress=False)
-    assert calls == {s: 1 for s in P.STAGES}
-
-
-def test_run_from_toml_file(tmp_path: Path) -> None:
-    cfg = tmp_path / "run.toml"
-    cfg.write_text(
-        f'out = "{tmp_path / "o"}"\nanalyze = false\n[model]\nname = "tiny-mlp"\n'
-        '[method]\nname = "seb"\nsparsity = 0.4\n[data]\ncalib = "digits"\nn_calib = 50\n'
-    )
-    state = P.run(cfg, progress=False)
-    assert state["completed"] == list(P.STAGES)
-    _, masks, man = P.load_pruned(tmp_path / "o" / "model")
-    total = sum(int(m.numel()) for m in masks.to_state_dict().values())
-    zeros = sum(int((~m).sum()) for m in masks.to_state_dict().values())
-    assert zeros == int(0.4 * total)
-    assert man["config"]["method"]["name"] == "seb"
-    bad = tmp_path / "bad.toml"
-    bad.write_text('out = "x"\n[model]\nname = "tiny-mlp"\n[method]\nname = "seb"\nsparsity = 1.5\n')
-    with pytest.raises(ValueError, match="sparsity"):
-        P.load_config(bad)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "f").write_text("x")
+    with pytest.raises(BadInput, match="already exists"):
+        check_new_output(tmp_path / "full")
+    check_new_output(tmp_path / "fresh")
+    rec = input_record(tmp_path / "full")
+    assert rec["kind"] == "directory" and rec["files"] == 1
+    assert input_record(tmp_path / "full" / "f")["sha256"] == sha256_file(tmp_path / "full" / "f") == \
+        hashlib.sha256(b"x").hexdigest()
+    with pytest.raises(FileNotFoundError):
+        input_record(tmp_path / "nope")
+    prov = provenance()
+    assert prov["versions"]["torch"] == torch.__version__.split("+")[0] and "git" in prov
