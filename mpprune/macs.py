@@ -622,11 +622,12 @@ def _input_shape(input_size: Any) -> tuple[int, ...]:
         raise BadInput(f"count_macs: input_size must be a tuple of ints, got {input_size!r}") from None
     if not shape or any(s < 1 for s in shape):
         raise BadInput(f"count_macs: input_size must be positive sizes, got {input_size!r}")
-    if len(shape) == 3:
+    if len(shape) == 3 or len(shape) == 1:  # (C, H, W) image or (features,) vector: one sample
         return (1, *shape)
     if shape[0] != 1:
         raise BadInput(
-            f"count_macs: input_size {shape} must be (C, H, W) or start with a batch of 1; MACs are per image"
+            f"count_macs: input_size {shape} must be (C, H, W), (features,) or start with a batch of 1; "
+            "MACs are per sample"
         )
     return shape
 
@@ -661,7 +662,8 @@ def count_macs(
 
     Args:
         model: any ``nn.Module``; it is copied, never modified (module docstring).
-        input_size: ``(C, H, W)``, or the full input shape with a batch of 1 such as ``(1, 3, 224, 224)``
+        input_size: ``(C, H, W)`` (an image), ``(features,)`` (a vector), or the full input shape with a batch
+            of 1 such as ``(1, 3, 224, 224)``
             (a 3-tuple is always read as an image without the batch). MACs are per image.
         tome_r: the ToMe schedule (``int``, list per block, or ``(r, inflection)``); 0: no merging.
         patterns: ``{layer name: "k:n"}`` to set the pattern of layers instead of reading it from

@@ -1,6 +1,6 @@
 """The public names of DESIGN.md ("Public surface") resolve and behave as documented there.
 
-Names that later issues add (``NM``: issue 8; ``Gate(scope=...)``: issue 9; ``count_macs``: issue 12)
+Names that later issues add (``NM``: issue 8; ``Gate(scope=...)``: issue 9)
 are marked ``xfail(strict=True)`` with the issue that adds them, so this file
 fails today for exactly those names (and turns red, asking for the mark to go, once one lands).
 """
@@ -122,7 +122,6 @@ def test_apply_tome():
     assert list(inspect.signature(apply_tome).parameters)[:2] == ["model", "r"]
 
 
-@pytest.mark.xfail(strict=True, reason="mpprune.macs.count_macs arrives with issue 12")
 def test_count_macs():
     from mpprune.macs import count_macs
 
