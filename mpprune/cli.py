@@ -39,12 +39,13 @@ from mpprune.errors import (
     exit_code,
 )
 from mpprune.io import OUTPUT_KEY, output_record
-from mptheory.io import atomic_write_text, dumps_json
+from mptheory.io import atomic_write_json, atomic_write_text, dumps_json
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_INTERNAL", "EXIT_BAD_INPUT", "EXIT_REFUSED"]
 
 SPECTRUM_FILE = "spectrum.json"
 MANIFEST_FILE = "manifest.json"
+DEMO_SUMMARY_FILE = "demo_summary.json"  # written by mpprune.demo.run_demo
 
 
 # -------------------------------------------------------------------------------------------- helpers
@@ -286,10 +287,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
+    """The demo under the output rule: ``--out`` validated first (new, empty, or a previous demo with the
+    same options), the demo run in a staging folder and published as ``--out`` when it ends."""
     from mpprune.demo import run_demo
+    from mpprune.io import check_output, clean_stale_staging, config_digest, staged_output
 
-    json_target = _json_target(args, outputs=[args.out])
-    summary = run_demo(args.out, quick=args.quick, estimator=args.estimator)
+    command = "mpprune demo"
+    options = {"quick": bool(args.quick), "estimator": args.estimator}
+    target = check_output(args.out, command=command, marker=DEMO_SUMMARY_FILE,
+                          config_sha256=config_digest(options))
+    json_target = _json_target(args, outputs=[target.path])
+    for kept in clean_stale_staging(target.path):
+        print(f"{command}: warning: left in place: {kept} (a temporary of a live run, or of an older "
+              "mpprune)", file=sys.stderr)
+    with staged_output(target.path) as staging:
+        print(f"{command}: working in {staging}; published as {args.out} when complete")
+        summary = run_demo(staging, quick=args.quick, estimator=args.estimator)
+        summary["out"] = str(args.out)
+        entries = [e.name for e in staging.iterdir()]
+        record = output_record(command, options, [*entries, DEMO_SUMMARY_FILE])
+        atomic_write_json(staging / DEMO_SUMMARY_FILE, summary | {OUTPUT_KEY: record})
+    print(f"{command}: published {args.out}")
     _emit_json(args, json_target, {"command": "demo", **summary})
     return EXIT_OK if not summary.get("failed") else EXIT_INTERNAL
 
@@ -337,8 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, choices=method_names())
     p.add_argument("--sparsity", type=float, help="fraction of zeros, in [0, 1) (not for classical_rmt)")
     p.add_argument("--calib", metavar=f"DIR|{data_names}",
-                   help="calibration data, TRAIN split: an ImageFolder directory (a path ending in "
-                        f"{'/'.join(VALIDATION_DIR_NAMES)} is refused), or a builtin data set "
+                   help="calibration data, TRAIN split: an ImageFolder directory (its train/ folder, "
+                        "or itself holding class folders; a folder whose name, symbolic links resolved, "
+                        f"holds a word of {'/'.join(VALIDATION_DIR_NAMES)} is refused, as is an image "
+                        "shared with --eval), or a builtin data set "
                         f"({', '.join(BUILTIN_DATASETS)})")
     p.add_argument("--n-calib", type=int, default=DEFAULT_N_CALIB,
                    help=f"calibration samples (stratified; {DEFAULT_N_CALIB})")
@@ -382,7 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="MP fits of the real MiniLM weights, `mptheory verify --quick` and "
                                    "figures, and the real MNIST CNN pruned with SEB behind a gate.",
                        epilog=EXIT_CODES_HELP)
-    d.add_argument("--out", default="out/demo", metavar="DIR", help="output directory (out/demo)")
+    d.add_argument("--out", default="out/demo", metavar="DIR",
+                   help="new or empty output directory, or a previous demo's with the same options "
+                        "(out/demo)")
     d.add_argument("--quick", action="store_true", help="smaller calibration/evaluation sets")
     d.add_argument("--estimator", choices=ESTIMATORS,
                    help="the gate's L_s estimator (default: auto = sound; --quick: segment_max_slope)")

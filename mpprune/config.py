@@ -280,8 +280,16 @@ class ModelConfig:
     KEYS = ("name", "checkpoint", "num_classes", "kwargs")
 
     def spec(self) -> dict[str, Any]:
-        """The :func:`mpprune.models.model_spec` of this model."""
-        return model_spec(self.name, self.checkpoint, self.num_classes, **dict(self.kwargs))
+        """The :func:`mpprune.models.model_spec` of this model (``num_classes`` may be given as the section's
+        key or as the builder's option in ``kwargs``, not as two different values)."""
+        kwargs = dict(self.kwargs)
+        num_classes = self.num_classes
+        if "num_classes" in kwargs:
+            if num_classes is not None and kwargs["num_classes"] != num_classes:
+                raise BadInput(f"[model] num_classes = {num_classes!r} contradicts [model.kwargs] "
+                               f"num_classes = {kwargs['num_classes']!r}")
+            num_classes = kwargs.pop("num_classes")
+        return model_spec(self.name, self.checkpoint, num_classes, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "checkpoint": self.checkpoint, "num_classes": self.num_classes,

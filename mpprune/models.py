@@ -548,9 +548,6 @@ def model_spec(
     if kind == "builtin" and num_classes is not None:
         entry = MODELS[name]
         if "num_classes" in entry.options:  # honoured: the builder takes it
-            if kwargs.get("num_classes", num_classes) != num_classes:
-                raise BadInput(f"model {name!r}: num_classes {num_classes} contradicts its option "
-                               f"num_classes={kwargs['num_classes']}")
             kwargs = {**kwargs, "num_classes": num_classes}
             num_classes = None
         elif num_classes != entry.num_classes:
@@ -577,13 +574,16 @@ def default_checkpoint(spec: Mapping[str, Any]) -> Path | None:
 def _loading(load: Callable[..., nn.Module], checkpoint: str | None, **options: Any) -> nn.Module:
     """``load(checkpoint, **options)``; a user checkpoint that cannot be read or does not fit the
     architecture becomes :class:`BadInput` naming the file."""
+    from safetensors import SafetensorError
+
     if checkpoint is None:
         return load(None, **options)
     try:
         return load(checkpoint, **options)
     except (BadInput, FileNotFoundError, Refusal):
         raise
-    except (RuntimeError, ValueError, KeyError, TypeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+    except (RuntimeError, ValueError, KeyError, TypeError, EOFError, OSError, pickle.UnpicklingError,
+            SafetensorError) as exc:  # a file of another format (a .pth given as safetensors) included
         raise BadInput(f"cannot load the checkpoint {checkpoint}: {type(exc).__name__}: {exc}") from exc
 
 

@@ -184,9 +184,15 @@ def check_output_dir(
         if not entries:
             return OutputDir(p, "empty")
         rec = read_output_record(p / marker)
+        if rec is None and (p / marker).exists():
+            raise BadInput(f"{where} already exists and is not an output of `{command}`: its {p / marker} "
+                           "cannot be read as its record (another file, or a damaged one; nothing "
+                           "overwritten): choose a new or empty folder, or remove this one if it is a "
+                           "damaged output of yours")
         if rec is None or rec["command"] != command:
-            raise BadInput(f"{where} already exists and is not empty, and is not an output of `{command}` "
-                           "(nothing overwritten): choose a new or empty folder")
+            what = "" if rec is None else f" (its {marker} records `{rec['command']}`)"
+            raise BadInput(f"{where} already exists and is not empty, and is not an output of `{command}`"
+                           f"{what} (nothing overwritten): choose a new or empty folder")
         if config_sha256 is not None and rec.get("config_sha256") != config_sha256:
             raise BadInput(f"{where} holds an output of `{command}` for a different configuration "
                            f"(recorded in {p / marker}; nothing overwritten): choose another folder")
@@ -203,11 +209,20 @@ def check_output_dir(
     return OutputDir(p, "new")
 
 
+def _umask() -> int:
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
 def make_staging(target: str | Path) -> Path:
     """A new hidden folder next to ``target`` (whose parent must exist), named after the target and this
     process (``.NAME.pPID-XXXX.tmp``) so that a later run can tell a stale one from a live one."""
     target = Path(target)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.p{os.getpid()}-", suffix=".tmp", dir=target.parent))
+    prefix = f".{target.name}.p{os.getpid()}-"
+    staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=target.parent))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 is no mode for a published folder
+    return staging
 
 
 def _alive(pid: int) -> bool:
@@ -283,6 +298,8 @@ def publish_dir(staging: str | Path, target: str | Path) -> Path:
             raise
         shutil.rmtree(aside, ignore_errors=True)
     else:
+        if target.is_dir():  # an empty folder of the user's: the published one keeps its mode
+            shutil.copymode(target, staging)
         os.replace(staging, target)
     return target
 
