@@ -3,10 +3,14 @@
 Every command has ``--help``; numbers go to JSON files (and to ``--json FILE``, ``-`` = stdout).
 Exit codes (:mod:`mpprune.errors`, the same for every command and stated in every ``--help``): 0 success;
 2 bad input (missing checkpoint, NaN weights, empty or validation-split calibration data, bad arguments
-or config) — a clear message on stderr and NOTHING written; 3 refused (a failed gate or check, a
-computational limit such as a probe budget) — its own message, nothing written; 1 internal error (a bug,
-reported with its traceback). Outputs are assembled in a hidden temporary directory next to ``--out``
-and renamed into place only when complete; an existing non-empty ``--out`` is refused.
+or config, an output path that cannot be written) — a clear message on stderr and NOTHING written; 3
+refused (a failed gate or check, a computational limit such as a probe budget) — its own message, nothing
+written; 1 internal error (a bug, reported with its traceback).
+
+Every command follows the output rule of :mod:`mpprune.io`: ``--out`` and ``--json`` are validated before
+any work (creatable, not an input, new or empty or a previous output of the same command -- a folder of the
+same config), outputs are assembled in a hidden staging folder next to ``--out`` and renamed into place only
+when complete, and a file the command did not write is never replaced.
 
 ``prune`` is a thin front end of :func:`mpprune.run.run`: it builds a run config from its flags (stages
 load, prune, evaluate, save) and publishes the run's final checkpoint as ``--out``.
@@ -15,7 +19,6 @@ load, prune, evaluate, save) and publishes the run's final checkpoint as ``--out
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import time
@@ -35,20 +38,33 @@ from mpprune.errors import (
     BadInput,
     exit_code,
 )
-from mptheory.io import atomic_write_text, dumps_json, make_staging_dir
+from mpprune.io import OUTPUT_KEY, output_record
+from mptheory.io import atomic_write_json, atomic_write_text, dumps_json
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_INTERNAL", "EXIT_BAD_INPUT", "EXIT_REFUSED"]
 
+SPECTRUM_FILE = "spectrum.json"
+MANIFEST_FILE = "manifest.json"
+DEMO_SUMMARY_FILE = "demo_summary.json"  # written by mpprune.demo.run_demo
+
 
 # -------------------------------------------------------------------------------------------- helpers
-def _emit_json(target: str | None, payload: dict[str, Any]) -> None:
-    if target is None:
-        return
-    text = dumps_json(payload)
-    if target == "-":
-        print(text, end="")
-    else:
-        atomic_write_text(target, text)
+def _emit_json(args: argparse.Namespace, target: Path | None, payload: dict[str, Any]) -> None:
+    """Print ``payload`` for ``--json -``, or write it with its output record to ``target`` (validated by
+    :func:`_json_target` before the work)."""
+    if args.json == "-":
+        print(dumps_json(payload), end="")
+    elif target is not None:
+        record = output_record(f"mpprune {args.command}")
+        atomic_write_text(target, dumps_json(payload | {OUTPUT_KEY: record}))
+
+
+def _json_target(args: argparse.Namespace, inputs: Sequence[str | Path] = (),
+                 outputs: Sequence[str | Path] = ()) -> Path | None:
+    """``--json FILE`` checked before any work (:func:`mpprune.io.check_output_json`)."""
+    from mpprune.io import check_output_json
+
+    return check_output_json(args.json, command=f"mpprune {args.command}", inputs=inputs, outputs=outputs)
 
 
 def _load_model(name: str, checkpoint: str | None, num_classes: int | None) -> tuple[Any, dict[str, Any]]:
@@ -74,26 +90,39 @@ def _add_model_args(p: argparse.ArgumentParser, checkpoint_help: str) -> None:
 
 # ------------------------------------------------------------------------------------------- analyze
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from mpprune.io import check_new_output, staged_output
-    from mpprune.models import default_checkpoint
+    from mpprune.io import check_output, clean_stale_staging, config_digest, staged_output
+    from mpprune.models import default_checkpoint, model_spec
     from mpprune.spectrum import analyze
 
-    out = Path(args.out)
-    model, spec = _load_model(args.model, args.checkpoint, args.num_classes)
+    spec = model_spec(args.model, args.checkpoint, args.num_classes)
+    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        raise BadInput(f"checkpoint {args.checkpoint} does not exist or is not a file")
     ck = spec["checkpoint"] or default_checkpoint(spec)
-    check_new_output(out, [ck] if ck is not None else [])
+    inputs = [ck] if ck is not None else []
+    options = {"model": spec, "fit_method": args.fit_method, "delta": args.delta, "plot": not args.no_plot}
+    command = "mpprune analyze"
+    target = check_output(args.out, command=command, marker=SPECTRUM_FILE,
+                          config_sha256=config_digest(options), inputs=inputs)
+    json_target = _json_target(args, inputs, [target.path])
+    out = target.path
+    model, _ = _load_model(args.model, args.checkpoint, args.num_classes)
     rep = analyze(model, method=args.fit_method, delta=args.delta, progress=not args.quiet, name=args.model)
+    for kept in clean_stale_staging(out):
+        print(f"mpprune analyze: warning: left in place: {kept} (a temporary of a live run, or of an older "
+              "mpprune)", file=sys.stderr)
     with staged_output(out) as staging:
-        rep.to_json(staging / "spectrum.json")
+        files = ["spectrum.md", SPECTRUM_FILE] + ([] if args.no_plot else ["spectrum.png"])
         rep.to_markdown(staging / "spectrum.md")
         if not args.no_plot:
             rep.plot(staging / "spectrum.png")
+        atomic_write_text(staging / SPECTRUM_FILE, dumps_json(
+            rep.to_dict() | {OUTPUT_KEY: output_record(command, options, files)}))
     s = rep.summary()
     if not args.quiet:
         print(f"{args.model}: {s['n_fitted']} of {s['n_layers']} matrices MP-fitted, "
-              f"{s['total_spikes']} spikes; report in {out}/ (spectrum.json, spectrum.md"
+              f"{s['total_spikes']} spikes; report in {args.out}/ (spectrum.json, spectrum.md"
               f"{', spectrum.png' if not args.no_plot else ''})")
-    _emit_json(args.json, {"command": "analyze", "out": str(out), "summary": s})
+    _emit_json(args, json_target, {"command": "analyze", "out": str(args.out), "summary": s})
     return EXIT_OK
 
 
@@ -119,35 +148,51 @@ def prune_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from mpprune.io import check_new_output
-    from mpprune.run import FINAL_CHECKPOINT, run
+    from mpprune.io import (
+        check_output,
+        clean_stale_staging,
+        ensure_parents,
+        make_staging,
+        publish_dir,
+        remove_created,
+    )
+    from mpprune.run import FINAL_CHECKPOINT, PRUNE_COMMAND, config_sha256, run
 
-    out = Path(args.out)
     cfg = prune_config(args)  # validates everything cheap first
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         raise BadInput(f"checkpoint {args.checkpoint} does not exist or is not a file")
-    check_new_output(out, cfg.inputs())
+    inputs = cfg.inputs()
+    target = check_output(args.out, command=PRUNE_COMMAND, marker=MANIFEST_FILE,
+                          config_sha256=config_sha256(cfg), inputs=inputs)
+    json_target = _json_target(args, inputs, [target.path])
+    out = target.path
     if cfg.gate is None:
         print("mpprune prune: warning: no --gate given: the pruned model is NOT certified", file=sys.stderr)
-    work = make_staging_dir(out)  # the run's stage files live here; only its final checkpoint is kept
+    for kept in clean_stale_staging(out):
+        print(f"mpprune prune: warning: left in place: {kept} (a temporary of a live run, or of an older "
+              "mpprune)", file=sys.stderr)
+    created = ensure_parents(out)
+    work = make_staging(out)  # the run's stage files live here; only its final checkpoint is kept
+    published = False
     try:
-        state = run(cfg.with_out(work), resume=False, progress=not args.quiet)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.replace(work / FINAL_CHECKPOINT, out)
+        state = run(cfg.with_out(work), resume=False, progress=not args.quiet, command=PRUNE_COMMAND)
+        publish_dir(work / FINAL_CHECKPOINT, out)
+        published = True
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if not published:
+            remove_created(created)
     results = state["results"]
     evaluation = None if "skipped" in results["evaluate"] else results["evaluate"]
     gate_layers = results["prune"]["gate"]
     sparsity = results["prune"]["global_sparsity"]
     seconds = state["seconds"]["prune"]
-    summary = {"command": "prune", "out": str(out), "model": args.model, "method": args.method,
+    summary = {"command": "prune", "out": str(args.out), "model": args.model, "method": args.method,
                "global_sparsity": sparsity, "seconds": seconds, "evaluation": evaluation,
-               "gate": cfg.gate, "gate_layers": gate_layers}
+               "gate": cfg.gate, "gate_layers": gate_layers, "data": state.get("data")}
     if not args.quiet:
         print(f"{args.model} pruned with {args.method}: global sparsity {sparsity:.4f} "
-              f"in {seconds:.1f} s; wrote {out}/{{model.safetensors,masks.safetensors,manifest.json}}")
+              f"in {seconds:.1f} s; wrote {args.out}/{{model.safetensors,masks.safetensors,manifest.json}}")
         for g in gate_layers or []:
             cf = g.get("certified_fraction")
             print(f"  gate {g['name']}: {g['status']}, sparsity {g['sparsity_final']:.3f}, certified "
@@ -155,16 +200,20 @@ def cmd_prune(args: argparse.Namespace) -> int:
         if evaluation:
             print(f"  accuracy on {evaluation['n']} {evaluation['data']} val samples: "
                   f"dense {evaluation['accuracy_dense']:.4f} -> pruned {evaluation['accuracy_pruned']:.4f}")
-    _emit_json(args.json, summary)
+    _emit_json(args, json_target, summary)
     return EXIT_OK
 
 
 # ----------------------------------------------------------------------------------------------- run
 def cmd_run(args: argparse.Namespace) -> int:
+    from mpprune.config import load_config
     from mpprune.run import dry_run, run
 
+    cfg = load_config(args.config).with_out(args.out)
+    outputs = [cfg.out] if cfg.out is not None else []
+    json_target = _json_target(args, [*cfg.inputs(), args.config], outputs)
     if args.dry_run:
-        plan = dry_run(args.config, resume=not args.no_resume, out=args.out)
+        plan = dry_run(cfg, resume=not args.no_resume)
         if not args.quiet:
             m = plan["model"]
             print(f"{args.config}: valid. model {m['spec']['name']} ({m['class']}, {m['parameters']:,} "
@@ -172,12 +221,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             for stage, what in plan["stages"].items():
                 print(f"  {stage:<9} {what}")
             print("dry run: nothing written")
-        _emit_json(args.json, {"command": "run", **plan})
+        _emit_json(args, json_target, {"command": "run", **plan})
         return EXIT_OK
-    state = run(args.config, resume=not args.no_resume, out=args.out, progress=not args.quiet)
+    state = run(cfg, resume=not args.no_resume, progress=not args.quiet)
     if not args.quiet:
-        print(f"run complete: stages {', '.join(state['completed'])}; state in {state['config'].get('out')}")
-    _emit_json(args.json, {"command": "run", **state})
+        print(f"run complete: stages {', '.join(state['completed'])}; state in {cfg.out}")
+    _emit_json(args, json_target, {"command": "run", **state})
     return EXIT_OK
 
 
@@ -193,6 +242,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from mpprune.methods import prune
     from mpprune.spectrum import analyze
 
+    json_target = _json_target(args)
     model, _ = _load_model("mnist-cnn", None, None)
     val = mnist_digits("val")
     n_eval = 300 if args.quick else len(val)
@@ -231,16 +281,34 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"analyze(): {t_an:.3f} s vs bare eigvalsh floor {t_floor:.3f} s "
               f"(ratio {result['analyze_over_floor']:.1f}x, includes MP fits)")
         print("Full benchmarks: `make bench` (installs the bench extra, runs benchmarks/).")
-    _emit_json(args.json, result)
+    _emit_json(args, json_target, result)
     return EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
+    """The demo under the output rule: ``--out`` validated first (new, empty, or a previous demo with the
+    same options), the demo run in a staging folder and published as ``--out`` when it ends."""
     from mpprune.demo import run_demo
+    from mpprune.io import check_output, clean_stale_staging, config_digest, staged_output
 
-    summary = run_demo(args.out, quick=args.quick, estimator=args.estimator)
-    _emit_json(args.json, {"command": "demo", **summary})
+    command = "mpprune demo"
+    options = {"quick": bool(args.quick), "estimator": args.estimator}
+    target = check_output(args.out, command=command, marker=DEMO_SUMMARY_FILE,
+                          config_sha256=config_digest(options))
+    json_target = _json_target(args, outputs=[target.path])
+    for kept in clean_stale_staging(target.path):
+        print(f"{command}: warning: left in place: {kept} (a temporary of a live run, or of an older "
+              "mpprune)", file=sys.stderr)
+    with staged_output(target.path) as staging:
+        print(f"{command}: working in {staging}; published as {args.out} when complete")
+        summary = run_demo(staging, quick=args.quick, estimator=args.estimator)
+        summary["out"] = str(args.out)
+        entries = [e.name for e in staging.iterdir()]
+        record = output_record(command, options, [*entries, DEMO_SUMMARY_FILE])
+        atomic_write_json(staging / DEMO_SUMMARY_FILE, summary | {OUTPUT_KEY: record})
+    print(f"{command}: published {args.out}")
+    _emit_json(args, json_target, {"command": "demo", **summary})
     return EXIT_OK if not summary.get("failed") else EXIT_INTERNAL
 
 
@@ -287,8 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, choices=method_names())
     p.add_argument("--sparsity", type=float, help="fraction of zeros, in [0, 1) (not for classical_rmt)")
     p.add_argument("--calib", metavar=f"DIR|{data_names}",
-                   help="calibration data, TRAIN split: an ImageFolder directory (a path ending in "
-                        f"{'/'.join(VALIDATION_DIR_NAMES)} is refused), or a builtin data set "
+                   help="calibration data, TRAIN split: an ImageFolder directory (its train/ folder, "
+                        "or itself holding class folders; a folder whose name, symbolic links resolved, "
+                        f"holds a word of {'/'.join(VALIDATION_DIR_NAMES)} is refused, as is an image "
+                        "shared with --eval), or a builtin data set "
                         f"({', '.join(BUILTIN_DATASETS)})")
     p.add_argument("--n-calib", type=int, default=DEFAULT_N_CALIB,
                    help=f"calibration samples (stratified; {DEFAULT_N_CALIB})")
@@ -332,7 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="MP fits of the real MiniLM weights, `mptheory verify --quick` and "
                                    "figures, and the real MNIST CNN pruned with SEB behind a gate.",
                        epilog=EXIT_CODES_HELP)
-    d.add_argument("--out", default="out/demo", metavar="DIR", help="output directory (out/demo)")
+    d.add_argument("--out", default="out/demo", metavar="DIR",
+                   help="new or empty output directory, or a previous demo's with the same options "
+                        "(out/demo)")
     d.add_argument("--quick", action="store_true", help="smaller calibration/evaluation sets")
     d.add_argument("--estimator", choices=ESTIMATORS,
                    help="the gate's L_s estimator (default: auto = sound; --quick: segment_max_slope)")

@@ -17,19 +17,24 @@ A run config has these sections (``experiments/*.toml`` holds examples)::
     min_certified = 0.99
 
 Every list of allowed names comes from its registry (models, methods, the fields of the method's config
-dataclass, the parameters of ``Gate``). A bad config raises :class:`~mpprune.errors.BadInput` naming the
-bad key and listing the allowed ones, before any work is done.
+dataclass, the parameters of ``Gate``), and every value is checked against the type its dataclass field or
+builder parameter declares (:func:`check_option_types`: ``min_certified = true`` or ``final_report =
+"maybe"`` are refused, as is ``n_theta = -5``). A bad config raises :class:`~mpprune.errors.BadInput`
+naming the bad key and listing the allowed ones with their types, at parse time, before any work is done.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import inspect
 import json
-from collections.abc import Mapping
+import types
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union
 
 from mpprune.data import (
     DEFAULT_CALIB_BATCH_SIZE,
@@ -39,7 +44,7 @@ from mpprune.data import (
     is_builtin_dataset,
 )
 from mpprune.errors import BadInput
-from mpprune.models import default_checkpoint, model_spec
+from mpprune.models import MODELS, default_checkpoint, model_spec
 
 __all__ = [
     "ModelConfig",
@@ -53,7 +58,13 @@ __all__ = [
     "make_gate",
     "gate_options",
     "parse_gate",
+    "option_types",
+    "check_option_types",
+    "GATE_MINIMUMS",
 ]
+
+#: Lower bounds of integer gate options that ``Gate`` itself does not check (a grid needs both ends).
+GATE_MINIMUMS = {"n_theta": 2}
 
 #: Stages a config may switch off (``analyze = false``); load, prune and save always run (prune and
 #: save only with a ``[method]``).
@@ -94,6 +105,92 @@ def _bool(v: Any, where: str) -> bool:
     return v
 
 
+def _describe(hint: Any) -> str:
+    """A short reader's name of a type hint: ``a number``, ``an integer``, ``true or false``, ``a:b``, ..."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    simple = {float: "a number", int: "an integer", bool: "true or false", str: "a string",
+              type(None): "none"}
+    if hint in simple:
+        return simple[hint]
+    if hint is None:
+        return "none"
+    if origin in (Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_describe(a) for a in args))
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_describe(args[0]).split(' ', 1)[-1]}s"
+        return "a pair " + ":".join(_describe(a).split(" ", 1)[-1] for a in args)
+    if origin in (list, collections.abc.Sequence):
+        return f"a list of {_describe(args[0]).split(' ', 1)[-1] if args else 'value'}s"
+    if origin is collections.abc.Callable:
+        return "a function"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether ``value`` (a parsed TOML/JSON/flag value, lists already tuples) has the type ``hint``;
+    hints this does not know accept anything (the config class validates those itself)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or hint is object:
+        return True
+    if hint is None or hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if origin is Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if origin is tuple:
+        if not isinstance(value, (tuple, list)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+    if origin in (list, collections.abc.Sequence):
+        return isinstance(value, (tuple, list)) and all(_matches(v, args[0]) for v in value if args)
+    if origin is collections.abc.Callable:
+        return callable(value)
+    if origin in (dict, collections.abc.Mapping):
+        return isinstance(value, Mapping)
+    return True
+
+
+def option_types(obj: type | Callable[..., Any]) -> dict[str, Any]:
+    """Option name → type hint of a config dataclass's fields, or of a builder's keyword parameters."""
+    hints = typing.get_type_hints(obj)
+    if dataclasses.is_dataclass(obj):
+        return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(obj)}
+    params = inspect.signature(obj).parameters.values()
+    return {p.name: hints.get(p.name, Any) for p in params
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "checkpoint"}
+
+
+def check_option_types(options: Mapping[str, Any], hints: Mapping[str, Any], where: str,
+                       minimums: Mapping[str, int] | None = None) -> None:
+    """Refuse (:class:`BadInput`) an unknown key or a value whose type is not the declared one, listing
+    every allowed key with its type; integers below ``minimums`` are refused too."""
+    allowed = ", ".join(f"{k} ({_describe(h)})" for k, h in hints.items())
+    unknown = sorted(set(options) - set(hints))
+    if unknown:
+        raise BadInput(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {unknown}; allowed: {allowed}")
+    for key, value in options.items():
+        if not _matches(value, hints[key]):
+            raise BadInput(f"{where}: {key} must be {_describe(hints[key])}, got {value!r}; "
+                           f"allowed: {allowed}")
+        low = (minimums or {}).get(key)
+        if low is not None and isinstance(value, int) and value < low:
+            raise BadInput(f"{where}: {key} must be >= {low}, got {value}")
+
+
 def _tuples(v: Any) -> Any:
     """TOML/JSON lists become tuples (the config dataclasses are frozen and hashable-minded)."""
     return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
@@ -118,6 +215,7 @@ def make_method(name: str, sparsity: float | None = None, **options: Any) -> Any
         allowed = fields
         raise BadInput(f"{label}: unknown option(s) {unknown}; allowed: {', '.join(allowed)}")
     kwargs = {k: _tuples(v) for k, v in options.items()}
+    check_option_types(kwargs, option_types(cls), label)
     if "sparsity" not in fields:
         if sparsity is not None:
             raise BadInput(f"method {name} takes no sparsity (it truncates at the fitted MP edge); "
@@ -182,8 +280,16 @@ class ModelConfig:
     KEYS = ("name", "checkpoint", "num_classes", "kwargs")
 
     def spec(self) -> dict[str, Any]:
-        """The :func:`mpprune.models.model_spec` of this model."""
-        return model_spec(self.name, self.checkpoint, self.num_classes, **dict(self.kwargs))
+        """The :func:`mpprune.models.model_spec` of this model (``num_classes`` may be given as the section's
+        key or as the builder's option in ``kwargs``, not as two different values)."""
+        kwargs = dict(self.kwargs)
+        num_classes = self.num_classes
+        if "num_classes" in kwargs:
+            if num_classes is not None and kwargs["num_classes"] != num_classes:
+                raise BadInput(f"[model] num_classes = {num_classes!r} contradicts [model.kwargs] "
+                               f"num_classes = {kwargs['num_classes']!r}")
+            num_classes = kwargs.pop("num_classes")
+        return model_spec(self.name, self.checkpoint, num_classes, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "checkpoint": self.checkpoint, "num_classes": self.num_classes,
@@ -204,6 +310,10 @@ class ModelConfig:
             kwargs={k: _tuples(v) for k, v in _table(t.get("kwargs") or {}, f"{where} kwargs").items()},
         )
         cfg.spec()  # unknown model or option: BadInput now
+        entry = MODELS.get(cfg.name)
+        if entry is not None and cfg.kwargs:
+            builder = entry.architecture if entry.architecture is not None else entry.load
+            check_option_types(cfg.kwargs, option_types(builder), f"{where} kwargs")
         return cfg
 
 
@@ -270,12 +380,16 @@ def gate_options() -> tuple[str, ...]:
 
 def make_gate(options: Mapping[str, Any] | None) -> Any:
     """``mpprune.certify.Gate(**options)`` (None → None); lists become tuples. Raises :class:`BadInput`
-    for an unknown option (listing the allowed ones) or a value the gate rejects."""
+    for an unknown option, a value of another type than the gate declares (listing the allowed options
+    with their types, :func:`check_option_types`), an integer below :data:`GATE_MINIMUMS`, or a value the
+    gate rejects."""
     if options is None:
         return None
-    _check_keys(options, gate_options(), "gate")
+    kwargs = {k: _tuples(v) for k, v in _table(options, "gate").items()}
+    hints = option_types(_gate_class())
+    check_option_types(kwargs, {k: hints.get(k, Any) for k in gate_options()}, "gate", GATE_MINIMUMS)
     try:
-        return _gate_class()(**{k: _tuples(v) for k, v in options.items()})
+        return _gate_class()(**kwargs)
     except BadInput:
         raise
     except (ValueError, TypeError) as exc:

@@ -8,10 +8,21 @@ Splits of the built-in data sets (:data:`BUILTIN_DATASETS`: ``mnist``, ``digits`
 stratified by class and seeded, so the same ``seed`` gives the same partition and train/val/test never
 overlap. A data *source* (``--calib``, ``[data] calib``) is a built-in name or an ImageFolder directory;
 :func:`calibration_dataset` and :func:`eval_dataset` turn it into the train / val split for a model.
+
+Split discipline is decided by content, not only by name (:func:`check_data_discipline`, run before any
+work): symbolic links are resolved; a calibration folder whose name -- given or resolved -- holds a word of
+:data:`VALIDATION_DIR_NAMES` (``imagenet_val2012`` holds ``val``), or evaluation data named as a training
+split (:data:`TRAIN_DIR_NAMES`), is refused, naming the rule; a folder holding split folders (``val/``)
+without the one asked for is refused, as is a folder without class subfolders or with a class folder named
+as a split; and when both calibration and evaluation folders are given, a calibration image with the same
+content (sha256) as an evaluated image is refused. The returned record -- resolved paths, the rule that
+accepted each source, the overlap check -- goes into the run's manifest.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -29,11 +40,16 @@ __all__ = [
     "SPLITS",
     "BUILTIN_DATASETS",
     "VALIDATION_DIR_NAMES",
+    "TRAIN_DIR_NAMES",
     "DEFAULT_N_CALIB",
     "DEFAULT_CALIB_BATCH_SIZE",
     "DEFAULT_CALIB_SEED",
     "is_builtin_dataset",
     "check_calibration_source",
+    "check_eval_source",
+    "split_root",
+    "source_files",
+    "check_data_discipline",
     "SplitDataset",
     "stratified_split_indices",
     "require_train_split",
@@ -48,8 +64,12 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val", "test")
-#: Directory names that declare a validation/test split: refused as calibration data.
-VALIDATION_DIR_NAMES = ("val", "valid", "validation", "test")
+#: Words that declare a validation/test split in a folder name (matched against its words: ``val2012``,
+#: ``ILSVRC2012_img_val``, ``imagenetVal``): such a folder is refused as calibration data.
+VALIDATION_DIR_NAMES = ("val", "valid", "validation", "test", "tests", "testing", "eval", "evaluation",
+                        "holdout", "heldout", "dev")
+#: Words that declare a training split: a folder named so is refused as evaluation data.
+TRAIN_DIR_NAMES = ("train", "training")
 #: Calibration defaults of ``mpprune prune`` and of a run config's ``[data]`` section.
 DEFAULT_N_CALIB = 1000
 DEFAULT_CALIB_BATCH_SIZE = 64
@@ -215,21 +235,70 @@ def sklearn_digits(
                         classes=[str(i) for i in range(10)])
 
 
-def image_folder(path: str | Path, split: str, transform: Callable[..., Any] | None = None) -> SplitDataset:
-    """A torchvision ``ImageFolder`` tagged with ``split``.
+def _words(name: str) -> list[str]:
+    """The lower-case words of a folder name: split at case changes, digits and punctuation."""
+    spaced = re.sub(r"([a-z])([A-Z])", r"\1 \2", name)
+    return [w for w in re.split(r"[^a-z]+", spaced.lower()) if w]
 
-    If ``path/split`` is a directory it is used (layout ``root/{train,val}/class/img``), else ``path``
-    itself must hold one folder per class and the caller declares which split it is.
+
+def _split_word(name: str, words: Sequence[str]) -> str | None:
+    """The first word of ``name`` that is one of ``words`` (None when there is none)."""
+    return next((w for w in _words(name) if w in words), None)
+
+
+def split_root(path: str | Path, split: str) -> tuple[Path, str]:
+    """The ImageFolder root that ``path`` gives for ``split``, symbolic links resolved, and the rule that
+    accepted it: ``path/split`` when it is a folder (layout ``root/{train,val}/class/img``), else ``path``
+    itself, declared as ``split`` data by the caller -- unless it holds other split folders (``val/``
+    without ``train/``), which is refused. The root must hold class subfolders, none named as a split.
+
+    Raises FileNotFoundError (no such folder) or :class:`BadInput` naming the reason.
     """
+    _check_split(split)
+    given = Path(path)
+    if not given.exists():
+        raise FileNotFoundError(
+            f"data directory {given} does not exist (builtin data sets: {', '.join(BUILTIN_DATASETS)})"
+        )
+    if not given.is_dir():
+        raise BadInput(
+            f"data {given} is not a directory "
+            f"(expected an ImageFolder, or one of {', '.join(BUILTIN_DATASETS)})"
+        )
+    real = given.resolve()
+    split_words = (*VALIDATION_DIR_NAMES, *TRAIN_DIR_NAMES)
+    if (real / split).is_dir():
+        root, rule = real / split, f"the {split}/ folder of a split layout"
+    else:
+        subdirs = sorted(d.name for d in real.iterdir() if d.is_dir() and not d.name.startswith("."))
+        splits = [d for d in subdirs if _split_word(d, split_words)]
+        if splits:
+            raise BadInput(
+                f"data {given} holds split folder(s) {splits} but no {split}/ folder: refusing to read them "
+                f"as classes (rule 'split layout'); point at the {split} split's folder"
+            )
+        root, rule = real, f"a folder of class subfolders, declared as {split} data"
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise BadInput(f"data {given} ({root}) has no class subfolders: an ImageFolder holds one folder per "
+                       "class (rule 'class folders')")
+    named = [c for c in classes if _split_word(c, split_words)]
+    if named:
+        raise BadInput(f"data {given} ({root}): class folder(s) {named} name a data split, not a class "
+                       "(rule 'class folders'); point at the split's folder")
+    return root, rule
+
+
+def image_folder(path: str | Path, split: str, transform: Callable[..., Any] | None = None) -> SplitDataset:
+    """A torchvision ``ImageFolder`` tagged with ``split``, rooted at :func:`split_root` ``(path, split)``
+    (``path/split`` when it is a folder, else ``path`` itself, holding one folder per class)."""
     from torchvision.datasets import ImageFolder
 
-    _check_split(split)
-    root = Path(path)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist")
-    if (root / split).is_dir():
-        root = root / split
-    ds = ImageFolder(str(root), transform=transform)
+    root, _ = split_root(path, split)
+    try:
+        ds = ImageFolder(str(root), transform=transform)
+    except FileNotFoundError as exc:  # class folders without a single image file
+        raise BadInput(f"image folder {path} ({split}) holds no images: {exc}") from exc
     return SplitDataset(ds, split, targets=ds.targets, classes=ds.classes)
 
 
@@ -319,39 +388,144 @@ def _source_dataset(source: str | Path, split: str, spec: Mapping[str, Any], mod
     if src in BUILTIN_DATASETS:
         entry = MODELS.get(str(spec.get("name"))) if spec.get("kind") == "builtin" else None
         return BUILTIN_DATASETS[src](split, entry)
-    path = Path(src)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"data directory {path} does not exist (builtin data sets: {', '.join(BUILTIN_DATASETS)})"
-        )
-    if not path.is_dir():
-        raise BadInput(
-            f"data {path} is not a directory "
-            f"(expected an ImageFolder, or one of {', '.join(BUILTIN_DATASETS)})"
-        )
-    ds = image_folder(path, split, transform=image_transform(spec, model))
+    split_root(src, split)  # missing, not a folder, wrong layout: refused before the transform is built
+    ds = image_folder(src, split, transform=image_transform(spec, model))
     if len(ds) == 0:
-        raise BadInput(f"image folder {path} ({split}) holds no images")
+        raise BadInput(f"image folder {src} ({split}) holds no images")
     return ds
 
 
-def check_calibration_source(source: str | Path) -> None:
-    """Refuse (:class:`BadInput`) a calibration source whose last component names a validation/test split
-    (:data:`VALIDATION_DIR_NAMES`)."""
+def _check_source_name(source: str | Path, words: Sequence[str], unless: Sequence[str], what: str,
+                       expected: str) -> None:
     src = str(source)
-    if src not in BUILTIN_DATASETS and Path(src).name.lower() in VALIDATION_DIR_NAMES:
-        raise BadInput(
-            f"calibration data must come from a training split; refusing {src!r} (last component "
-            f"{Path(src).name!r} names a validation/test split)"
-        )
+    if src in BUILTIN_DATASETS:
+        return
+    given = Path(src)
+    names = [("folder name", given.name)]
+    if given.exists() or given.is_symlink():
+        real = given.resolve()
+        if real.name != given.name:
+            names.append((f"resolved path: {src} -> {real}", real.name))
+    for rule, name in names:
+        word = _split_word(name, words)
+        if word is not None and _split_word(name, unless) is None:
+            raise BadInput(
+                f"{what} must come from a {expected} split; refusing {src!r} (rule '{rule}': the name "
+                f"{name!r} holds the word {word!r})"
+            )
+
+
+def check_calibration_source(source: str | Path) -> None:
+    """Refuse (:class:`BadInput`, naming the rule) a calibration folder whose name, or the name it resolves
+    to through symbolic links, holds a word of :data:`VALIDATION_DIR_NAMES`."""
+    _check_source_name(source, VALIDATION_DIR_NAMES, (), "calibration data", "training")
+
+
+def check_eval_source(source: str | Path) -> None:
+    """Refuse (:class:`BadInput`, naming the rule) an evaluation folder whose name, or the name it resolves
+    to, holds a word of :data:`TRAIN_DIR_NAMES` and none of :data:`VALIDATION_DIR_NAMES`."""
+    _check_source_name(source, TRAIN_DIR_NAMES, VALIDATION_DIR_NAMES, "evaluation data",
+                       "validation/test (not a training)")
+
+
+def source_files(source: str | Path, split: str, n: int | None = None, seed: int = 0) -> list[Path]:
+    """The image files of folder ``source`` that a run reads for ``split``: for ``"train"`` the ``n``-sample
+    stratified calibration draw with ``seed`` (:func:`calibration_indices`, the draw of
+    :func:`calibration_batches`), else the first ``n`` files in ImageFolder order (all when None), as
+    :func:`accuracy` reads them."""
+    from torchvision.datasets import ImageFolder
+
+    root, _ = split_root(source, split)
+    try:
+        samples = ImageFolder(str(root)).samples
+    except FileNotFoundError as exc:
+        raise BadInput(f"image folder {source} ({split}) holds no images: {exc}") from exc
+    if split == "train":
+        targets = np.asarray([t for _, t in samples])
+        idx = calibration_indices(targets, min(len(samples), n or len(samples)), seed)
+        return [Path(samples[int(i)][0]) for i in idx]
+    return [Path(p) for p, _ in samples[: len(samples) if n is None else n]]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _source_record(source: str, split: str) -> dict[str, Any]:
+    if source in BUILTIN_DATASETS:
+        return {"source": source, "builtin": True, "split": split,
+                "rule": f"built-in data set: its seeded stratified {split} split"}
+    root, rule = split_root(source, split)
+    return {"source": source, "path": str(root), "builtin": False, "split": split, "rule": rule}
+
+
+def check_data_discipline(
+    calib: str | None,
+    eval: str | None,
+    *,
+    n_calib: int = DEFAULT_N_CALIB,
+    seed: int = DEFAULT_CALIB_SEED,
+    n_eval: int | None = None,
+) -> dict[str, Any]:
+    """Check the data of a run before any work, and return what the manifest records.
+
+    ``calib`` (train split) and ``eval`` (val split) are built-in names or folders. Refused
+    (:class:`BadInput`, naming the rule): a calibration folder named, or resolving to a name, as a
+    validation split; evaluation data named as a training split; a folder without the split's folder or
+    without class subfolders (:func:`split_root`); and, when both are folders, any image of the calibration
+    draw with the same content (sha256) as an evaluated image. Returns ``{"calibration": record,
+    "evaluation": record, "overlap": ...}``; a record names the source, its resolved ``path`` and the
+    ``rule`` that accepted it.
+    """
+    out: dict[str, Any] = {"calibration": None, "evaluation": None, "overlap": None}
+    if calib is not None:
+        check_calibration_source(calib)
+        out["calibration"] = _source_record(calib, "train")
+    if eval is not None:
+        check_eval_source(eval)
+        out["evaluation"] = _source_record(eval, "val")
+    if calib is None or eval is None:
+        return out
+    if calib in BUILTIN_DATASETS or eval in BUILTIN_DATASETS:
+        reason = ("disjoint seeded splits of one built-in set" if calib == eval
+                  else "a built-in set and a folder share no files")
+        out["overlap"] = {"checked": False, "reason": reason}
+        return out
+    cal = source_files(calib, "train", n_calib, seed)
+    ev = source_files(eval, "val", n_eval)
+    by_size: dict[int, list[Path]] = {}
+    for f in ev:
+        by_size.setdefault(f.stat().st_size, []).append(f)
+    hashed: dict[int, dict[str, Path]] = {}  # size -> sha256 -> an evaluated file (hashed when needed)
+    shared: list[tuple[Path, Path]] = []
+    for f in cal:
+        size = f.stat().st_size
+        if size not in by_size:
+            continue
+        if size not in hashed:
+            hashed[size] = {_sha256(g): g for g in by_size[size]}
+        twin = hashed[size].get(_sha256(f))
+        if twin is not None:
+            shared.append((f, twin))
+    if shared:
+        a, b = shared[0]
+        raise BadInput(f"calibration and evaluation data share {len(shared)} image(s) by content (sha256), "
+                       f"e.g. {a} and {b}: calibration data must not overlap the evaluation data")
+    out["overlap"] = {"checked": True, "compared": "sha256 of file contents", "calibration_files": len(cal),
+                      "evaluation_files": len(ev), "shared": 0}
+    return out
 
 
 def calibration_dataset(
     source: str | Path, spec: Mapping[str, Any], model: nn.Module | None = None
 ) -> SplitDataset:
     """The TRAIN split of ``source`` for the model ``spec`` describes (:func:`mpprune.models.model_spec`):
-    a built-in data set (:data:`BUILTIN_DATASETS`) or an ImageFolder directory (refused when its last
-    component is one of :data:`VALIDATION_DIR_NAMES`)."""
+    a built-in data set (:data:`BUILTIN_DATASETS`) or an ImageFolder directory (refused when
+    :func:`check_calibration_source` or :func:`split_root` refuses it)."""
     check_calibration_source(source)
     return _source_dataset(source, "train", spec, model)
 
@@ -360,7 +534,8 @@ def eval_dataset(
     source: str | Path, spec: Mapping[str, Any], model: nn.Module | None = None
 ) -> SplitDataset:
     """The VAL split of ``source`` (a built-in data set, or an ImageFolder with a ``val/`` folder or itself
-    declared as validation data)."""
+    declared as validation data; refused when :func:`check_eval_source` or :func:`split_root` refuses it)."""
+    check_eval_source(source)
     return _source_dataset(source, "val", spec, model)
 
 

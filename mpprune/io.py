@@ -1,15 +1,19 @@
 """Publishing outputs, input checksums and provenance (DESIGN, "Checkpoints" and "Errors").
 
-Every file goes through :mod:`mptheory.io` (strict JSON, atomic writes, staging directories). On top of
-it this module holds the rules of ``mpprune``'s outputs:
+Every file goes through :mod:`mptheory.io` (strict JSON, atomic writes), and every command follows the
+output rule of :mod:`mptheory.cli` (re-exported here): each output path is validated before any work --
+creatable, not an input, and new, an empty folder, or a previous output of the same command (a folder: of
+the same configuration) -- a folder is assembled in a hidden staging folder and renamed into place at the
+end, a file the command did not create is never replaced, and stale staging folders are cleaned on the next
+run. On top of it this module holds ``mpprune``'s rules:
 
-* :func:`publish_files` writes a set of files as one unit: a new directory is assembled under a hidden
-  temporary name and renamed into place; an existing directory gets each file replaced atomically, the
-  last one (the manifest: the commit marker) last. A failure leaves nothing behind.
-* :func:`staged_output` does the same for a command that writes its files one by one.
 * **An input is never written over** (:func:`check_not_input`): an output may not be an input, lie inside
-  an input directory, or be the directory where an input file lives; :func:`check_new_output` further
-  refuses an existing non-empty output directory.
+  an input directory, hold an input, or be the directory where an input file lives.
+  :func:`check_output` and :func:`check_output_json` are the rule with the inputs added;
+  :func:`check_new_output` refuses any existing non-empty output directory.
+* :func:`publish_files` writes a set of files as one unit (assembled in a staging folder, then renamed into
+  place, replacing a previous output as a whole); :func:`staged_output` does the same for a command that
+  writes its files one by one. A failure leaves nothing behind.
 * :func:`input_record` is the sha256 checksum record of an input file or directory; :func:`provenance`
   the package versions and the git commit recorded in every manifest.
 """
@@ -19,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
-import os
 import platform
 import shutil
 import subprocess
@@ -29,7 +32,20 @@ from pathlib import Path
 from typing import Any
 
 from mpprune.errors import BadInput
-from mptheory.io import atomic_write_bytes, make_staging_dir
+from mptheory.cli import (
+    OUTPUT_KEY,
+    OutputDir,
+    check_output_dir,
+    check_output_file,
+    clean_stale_staging,
+    config_digest,
+    ensure_parents,
+    make_staging,
+    output_record,
+    publish_dir,
+    read_output_record,
+    remove_created,
+)
 
 __all__ = [
     "VERSIONED_PACKAGES",
@@ -37,6 +53,20 @@ __all__ = [
     "input_record",
     "check_not_input",
     "check_new_output",
+    "check_output",
+    "check_output_json",
+    "OUTPUT_KEY",
+    "OutputDir",
+    "config_digest",
+    "output_record",
+    "read_output_record",
+    "check_output_dir",
+    "check_output_file",
+    "make_staging",
+    "clean_stale_staging",
+    "ensure_parents",
+    "remove_created",
+    "publish_dir",
     "publish_files",
     "staged_output",
     "versions",
@@ -83,22 +113,23 @@ def input_record(path: str | Path) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------- input protection
-def check_not_input(out_dir: str | Path, inputs: Sequence[str | Path]) -> None:
-    """Refuse (:class:`BadInput`) an output that is an input, lies inside an input directory, or is the
-    directory where an input file lives: an input is never overwritten."""
-    out = Path(out_dir).resolve()
+def check_not_input(out: str | Path, inputs: Sequence[str | Path]) -> None:
+    """Refuse (:class:`BadInput`) an output that is an input, lies inside an input directory, holds an input,
+    or is the directory where an input file lives: an input is never overwritten (symbolic links resolved)."""
+    o = Path(out).resolve()
     for inp in inputs:
         ip = Path(inp).resolve()
-        if ip == out:
-            raise BadInput(f"refusing to write to {out_dir}: it is an input ({inp})")
-        if ip.is_file():
-            if ip.parent == out:
-                raise BadInput(
-                    f"refusing to write to {out_dir}: the input checkpoint {inp} lives there "
-                    "(an input is never overwritten; choose another output directory)"
-                )
-        elif ip.is_dir() and (ip in out.parents):
-            raise BadInput(f"refusing to write to {out_dir}: it lies inside the input directory {inp}")
+        if ip == o:
+            raise BadInput(f"refusing to write to {out}: it is an input ({inp})")
+        if ip.is_file() and ip.parent == o:
+            raise BadInput(
+                f"refusing to write to {out}: the input checkpoint {inp} lives there "
+                "(an input is never overwritten; choose another output directory)"
+            )
+        if ip.is_dir() and ip in o.parents:
+            raise BadInput(f"refusing to write to {out}: it lies inside the input directory {inp}")
+        if o in ip.parents:
+            raise BadInput(f"refusing to write to {out}: the input {inp} lies inside it")
 
 
 def check_new_output(out: str | Path, inputs: Sequence[str | Path] = ()) -> None:
@@ -109,45 +140,77 @@ def check_new_output(out: str | Path, inputs: Sequence[str | Path] = ()) -> None
         raise BadInput(f"output {out} already exists and is not an empty directory (nothing overwritten)")
 
 
+def check_output(
+    out: str | Path,
+    *,
+    command: str,
+    marker: str,
+    config_sha256: str | None = None,
+    inputs: Sequence[str | Path] = (),
+    flag: str = "--out",
+) -> OutputDir:
+    """The output rule for a folder (:func:`mptheory.cli.check_output_dir`) with the inputs added
+    (:func:`check_not_input`): validated before any work, :class:`BadInput` naming the reason."""
+    check_not_input(out, inputs)
+    return check_output_dir(out, command=command, marker=marker, config_sha256=config_sha256, flag=flag)
+
+
+def check_output_json(
+    path: str | Path | None,
+    *,
+    command: str,
+    inputs: Sequence[str | Path] = (),
+    outputs: Sequence[str | Path] = (),
+    flag: str = "--json",
+) -> Path | None:
+    """The output rule for a JSON report file (:func:`mptheory.cli.check_output_file`; None and ``-``,
+    standard output, give None): it may not be an input, lie inside an input directory, or lie inside one
+    of the command's output folders ``outputs`` (which are published whole)."""
+    target = check_output_file(path, command=command, flag=flag)
+    if target is None:
+        return None
+    check_not_input(target, inputs)
+    for o in outputs:
+        if Path(o).resolve() in target.parents:
+            raise BadInput(f"{flag} {path} lies inside the output folder {o}: write the report elsewhere")
+    return target
+
+
 # ------------------------------------------------------------------------------------------ publish
 def publish_files(out_dir: str | Path, files: Mapping[str, bytes]) -> Path:
-    """Write ``files`` (name → bytes, in order: the last one is the commit marker) into ``out_dir``.
-
-    A new directory is assembled in a hidden sibling and renamed into place, so it appears complete or
-    not at all; an existing directory has each file replaced atomically, in order.
-    """
+    """Write ``files`` (name → bytes) as the folder ``out_dir``, as one unit: they are assembled in a hidden
+    staging folder next to it, which is renamed into place (:func:`mptheory.cli.publish_dir`; a previous
+    output there, validated by the caller, is replaced as a whole). A failure leaves nothing behind."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise BadInput(f"output {out} exists and is not a directory")
-    if not out.exists():
-        staging = make_staging_dir(out)
-        try:
-            for name, data in files.items():
-                (staging / name).write_bytes(data)
-            os.replace(staging, out)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-    else:
+    created = ensure_parents(out)
+    staging = make_staging(out)
+    try:
         for name, data in files.items():
-            atomic_write_bytes(out / name, data)
+            (staging / name).write_bytes(data)
+        publish_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        remove_created(created)
+        raise
     return out
 
 
 @contextlib.contextmanager
 def staged_output(out: str | Path) -> Iterator[Path]:
     """A hidden staging directory next to ``out`` that is renamed onto ``out`` when the block succeeds
-    (``out`` may exist only as an empty directory, see :func:`check_new_output`) and removed when it
-    fails: the output appears complete or not at all."""
+    (:func:`mptheory.cli.publish_dir`: ``out`` new, empty, or a previous output validated by the caller) and
+    removed when it fails, with any folder created above it: the output appears complete or not at all."""
     out = Path(out)
-    staging = make_staging_dir(out)
+    created = ensure_parents(out)
+    staging = make_staging(out)
     try:
         yield staging
-        if out.exists():
-            out.rmdir()  # empty, checked by check_new_output
-        os.replace(staging, out)
+        publish_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        remove_created(created)
         raise
 
 

@@ -228,6 +228,8 @@ def load_minilm_linears(
     with safe_open(str(path), framework="pt") as f:
         for k in f.keys():  # noqa: SIM118 - safe_open is not a mapping
             tensors[k] = f.get_tensor(k)
+    if checkpoint is not None:
+        _check_minilm_coverage(path, {k: tuple(v.shape) for k, v in tensors.items()})
     linears: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for k, w in tensors.items():
         if not k.endswith(".weight") or w.dim() != 2:
@@ -256,6 +258,28 @@ def load_minilm_linears(
             lin.bias.copy_(b)
         node.add_module(parts[-1], lin)
     return root.eval()
+
+
+def _check_minilm_coverage(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Refuse a checkpoint that does not hold every Linear weight and bias of the bundled all-MiniLM-L6-v2
+    with its shape (the architecture of ``minilm``, read from the bundled file's header only): another
+    model's weights are not MiniLM."""
+    from safetensors import safe_open
+
+    with safe_open(str(asset_path("minilm")), framework="pt") as f:
+        every = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    want: dict[str, tuple[int, ...]] = {}
+    for k, shape in every.items():
+        bias = every.get(k[: -len(".weight")] + ".bias") if k.endswith(".weight") else None
+        if len(shape) == 2 and bias is not None and bias == (shape[0],):
+            want |= {k: shape, k[: -len(".weight")] + ".bias": bias}
+    missing = sorted(k for k in want if k not in shapes)
+    wrong = sorted(k for k in want if k in shapes and shapes[k] != want[k])
+    if missing or wrong:
+        detail = f"{len(missing)} of its {len(want)} tensors missing (e.g. {missing[:3]})" if missing else (
+            f"{len(wrong)} tensors of another shape (e.g. {wrong[0]}: {shapes[wrong[0]]} instead of "
+            f"{want[wrong[0]]})")
+        raise BadInput(f"checkpoint {path} does not cover the minilm architecture: {detail}")
 
 
 def tiny_mlp(sizes: Sequence[int] = (64, 32, 10), *, seed: int = 0) -> nn.Sequential:
@@ -497,6 +521,9 @@ def model_spec(
     """The factory spec of a model: ``{"kind": "builtin"|"timm", "name", "checkpoint", "num_classes",
     "kwargs"}``. ``name`` is a registered model (:func:`model_names`) or any timm model name.
 
+    A built-in honours ``num_classes`` through its builder's option of that name (it is moved into
+    ``kwargs``) or when it is the model's own class count; any other value is refused, never recorded.
+
     Raises :class:`BadInput` for an unknown name, a bad ``num_classes`` or an option the model does not
     take (listing those it takes).
     """
@@ -515,8 +542,17 @@ def model_spec(
         unknown = sorted(set(kwargs) - set(allowed))
         if unknown:
             raise BadInput(f"model {name!r} takes no option(s) {unknown}; its options: {list(allowed)}")
-    if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) < 1):
-        raise BadInput(f"num_classes must be >= 1, got {num_classes}")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 1):
+        raise BadInput(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    if kind == "builtin" and num_classes is not None:
+        entry = MODELS[name]
+        if "num_classes" in entry.options:  # honoured: the builder takes it
+            kwargs = {**kwargs, "num_classes": num_classes}
+            num_classes = None
+        elif num_classes != entry.num_classes:
+            raise BadInput(f"model {name!r} has {entry.num_classes} classes and no num_classes option: "
+                           f"num_classes={num_classes} cannot be honoured")
     return {
         "kind": kind,
         "name": name,
@@ -538,13 +574,16 @@ def default_checkpoint(spec: Mapping[str, Any]) -> Path | None:
 def _loading(load: Callable[..., nn.Module], checkpoint: str | None, **options: Any) -> nn.Module:
     """``load(checkpoint, **options)``; a user checkpoint that cannot be read or does not fit the
     architecture becomes :class:`BadInput` naming the file."""
+    from safetensors import SafetensorError
+
     if checkpoint is None:
         return load(None, **options)
     try:
         return load(checkpoint, **options)
     except (BadInput, FileNotFoundError, Refusal):
         raise
-    except (RuntimeError, ValueError, KeyError, TypeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+    except (RuntimeError, ValueError, KeyError, TypeError, EOFError, OSError, pickle.UnpicklingError,
+            SafetensorError) as exc:  # a file of another format (a .pth given as safetensors) included
         raise BadInput(f"cannot load the checkpoint {checkpoint}: {type(exc).__name__}: {exc}") from exc
 
 
@@ -598,11 +637,14 @@ def build_model(spec: Mapping[str, Any], *, load_weights: bool = True) -> nn.Mod
 
 
 def check_finite(model: nn.Module) -> None:
-    """Raise :class:`BadInput` naming the parameter and its shape when any parameter holds NaN or Inf."""
-    for pname, p in model.named_parameters():
-        if p.is_floating_point() and not bool(torch.isfinite(p.detach()).all()):
-            bad = int((~torch.isfinite(p.detach())).sum())
-            raise BadInput(f"parameter {pname!r} of shape {tuple(p.shape)} has {bad} NaN/Inf entries")
+    """Raise :class:`BadInput` naming the tensor and its shape when any floating-point parameter or buffer
+    (BatchNorm running statistics included) holds NaN or Inf."""
+    tensors: list[tuple[str, str, torch.Tensor]] = [("parameter", n, t) for n, t in model.named_parameters()]
+    tensors += [("buffer", n, t) for n, t in model.named_buffers()]
+    for kind, name, t in tensors:
+        if t.is_floating_point() and not bool(torch.isfinite(t.detach()).all()):
+            bad = int((~torch.isfinite(t.detach())).sum())
+            raise BadInput(f"{kind} {name!r} of shape {tuple(t.shape)} has {bad} NaN/Inf entries")
 
 
 def image_transform(spec: Mapping[str, Any], model: nn.Module | None = None) -> Any:

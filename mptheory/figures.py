@@ -14,7 +14,9 @@ from __future__ import annotations
 import importlib.util
 import io
 import math
+import shutil
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +48,9 @@ __all__ = [
     "minilm_layers",
 ]
 
+#: The command name recorded in the manifest (the output rule of :mod:`mptheory.cli`) and its file name.
+FIGURES_COMMAND = "mptheory figures"
+MANIFEST_FILE = "manifest.json"
 MINILM_LAYERS = ("encoder.layer.0.attention.self.query.weight", "encoder.layer.5.output.dense.weight")
 
 
@@ -545,25 +550,55 @@ FIGURES: list[FigureSpec] = [
 
 
 def make_all(out_dir: str | Path, quick: bool = False, only: Sequence[str] | None = None) -> dict[str, Any]:
-    """Make the figures (all, or ``only`` by name) and write ``out_dir/manifest.json``; returns it.
+    """Make the figures (all, or ``only`` by name) and ``manifest.json`` in ``out_dir``; returns the manifest.
 
-    An unknown name is :class:`~mptheory.errors.BadInput` (nothing is written)."""
+    The output rule of :mod:`mptheory.cli`: ``out_dir`` is validated before any work (new, empty, or a
+    previous output of ``mptheory figures`` with the same ``quick`` and ``only``), the files are made in a
+    hidden staging folder next to it and published by a rename at the end; a failure leaves ``out_dir`` as
+    it was. An unknown name or a bad ``out_dir`` is :class:`~mptheory.errors.BadInput` (nothing written)."""
+    from mptheory.cli import (
+        OUTPUT_KEY,
+        check_output_dir,
+        clean_stale_staging,
+        config_digest,
+        ensure_parents,
+        make_staging,
+        output_record,
+        publish_dir,
+        remove_created,
+    )
+
     names = {f.name for f in FIGURES}
     if only:
         bad = [n for n in only if n not in names]
         if bad:
             raise BadInput(f"unknown figure(s) {bad}; known: {sorted(names)}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for spec in FIGURES:
-        if only and spec.name not in only:
-            continue
-        t0 = time.perf_counter()
-        path = spec.make(out, quick=quick)
-        entries.append({"file": path.name, "name": spec.name, "title": spec.title,
-                        "claims": list(spec.claims), "caption": spec.caption,
-                        "seconds": round(time.perf_counter() - t0, 2)})
-    manifest = {"quick": quick, "figures": entries}
-    atomic_write_json(out / "manifest.json", manifest)
+    options = {"quick": bool(quick), "only": sorted(set(only)) if only else None}
+    target = check_output_dir(out_dir, command=FIGURES_COMMAND, marker=MANIFEST_FILE,
+                              config_sha256=config_digest(options))
+    out = target.path
+    for kept in clean_stale_staging(out):
+        warnings.warn(f"left in place: {kept} (a temporary of another mptheory figures run, or of an older "
+                      "version: remove it if no such run is going on)", stacklevel=2)
+    created = ensure_parents(out)
+    staging = make_staging(out)
+    try:
+        entries: list[dict[str, Any]] = []
+        for spec in FIGURES:
+            if only and spec.name not in only:
+                continue
+            t0 = time.perf_counter()
+            path = spec.make(staging, quick=quick)
+            entries.append({"file": path.name, "name": spec.name, "title": spec.title,
+                            "claims": list(spec.claims), "caption": spec.caption,
+                            "seconds": round(time.perf_counter() - t0, 2)})
+        files = [str(e["file"]) for e in entries]
+        manifest = {"quick": quick, "figures": entries,
+                    OUTPUT_KEY: output_record(FIGURES_COMMAND, options, [*files, MANIFEST_FILE])}
+        atomic_write_json(staging / MANIFEST_FILE, manifest)
+        publish_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        remove_created(created)
+        raise
     return manifest

@@ -1,7 +1,8 @@
 """``python -m proofs_checks [--json FILE] [--verbose] [NAME ...]``: run the symbolic checks.
 
 Exit codes: 0 when every check passes, 3 when one fails, 2 on bad input (an unknown name, a JSON path in a
-missing folder: nothing written), 1 on an internal error.
+missing folder or over a file this command did not write: nothing written), 1 on an internal error. The JSON
+file follows the output rule of :mod:`mptheory.cli`.
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ import sys
 import time
 from collections.abc import Sequence
 
+from mptheory.cli import OUTPUT_KEY, check_output_file, output_record
 from mptheory.errors import EXIT_CODES_HELP, EXIT_OK, EXIT_REFUSED, BadInput, exit_code
 from mptheory.io import atomic_write_json
 from proofs_checks.registry import SYMBOLIC_CHECKS, as_dict
 from proofs_checks.steps import steps_of, summary
+
+COMMAND = "python -m proofs_checks"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +37,7 @@ def _run(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in SYMBOLIC_CHECKS]
     if unknown:
         raise BadInput(f"unknown check name(s) {unknown}; known: {sorted(SYMBOLIC_CHECKS)}")
+    target = check_output_file(args.json_path, command=COMMAND)  # before any work (mptheory.cli's rule)
     entries, passed = [], True
     for name in names:
         t0 = time.perf_counter()
@@ -44,8 +49,8 @@ def _run(args: argparse.Namespace) -> int:
             for line in steps_of(res):
                 print("    " + line)
         entries.append({**as_dict(res), "seconds": round(seconds, 3)})
-    if args.json_path:
-        atomic_write_json(args.json_path, {"checks": entries})
+    if target is not None:
+        atomic_write_json(target, {"checks": entries, OUTPUT_KEY: output_record(COMMAND, {"names": names})})
     return EXIT_OK if passed else EXIT_REFUSED
 
 
