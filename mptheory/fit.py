@@ -198,6 +198,8 @@ def _validate_params(
 
 
 def _as_matrix(W: Any) -> NDArray[np.float64]:
+    if np.iscomplexobj(W) or (hasattr(W, "is_complex") and W.is_complex()):
+        raise ValueError(f"W must be a real 2-D matrix; got a complex one of shape {tuple(np.shape(W))}")
     if hasattr(W, "detach") and hasattr(W, "cpu"):
         W = W.detach().cpu().double().numpy()
     try:

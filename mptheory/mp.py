@@ -61,9 +61,16 @@ _NEWTON_MAXITER = 200
 # ----------------------------------------------------------------------------------------------
 
 
+def _real_number(value: Any, name: str) -> float:
+    """``float(value)`` for a real number (bool and strings refused: ``ratio="0.5"`` is a caller's bug)."""
+    if isinstance(value, (bool, np.bool_, str, bytes)) or np.iscomplexobj(value):
+        raise ValueError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    return float(value)
+
+
 def _check_ratio(ratio: Any) -> float:
     try:
-        c = float(ratio)
+        c = _real_number(ratio, "ratio")
     except (TypeError, ValueError):
         raise ValueError(
             f"ratio must be a real number in (0, 1] (ratio = min(N, M) / max(N, M)); got ratio={ratio!r}"
@@ -77,7 +84,7 @@ def _check_ratio(ratio: Any) -> float:
 
 def _check_sigma2(sigma2: Any) -> float:
     try:
-        s2 = float(sigma2)
+        s2 = _real_number(sigma2, "sigma2")
     except (TypeError, ValueError):
         raise ValueError(f"sigma2 must be a positive finite real number; got sigma2={sigma2!r}") from None
     if not (math.isfinite(s2) and s2 > 0.0):
@@ -311,6 +318,8 @@ def eigenvalues_from_matrix(W: Any) -> FloatArray:
     """
     if hasattr(W, "detach") and hasattr(W, "cpu"):  # torch tensor, without importing torch
         W = W.detach().cpu().double().numpy()
+    if np.iscomplexobj(W) or (hasattr(W, "is_complex") and W.is_complex()):
+        raise ValueError(f"W must be a real matrix; got a complex one of shape {np.shape(W)}")
     try:
         A = np.asarray(W, dtype=np.float64)
     except (TypeError, ValueError) as exc:

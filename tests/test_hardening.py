@@ -350,8 +350,6 @@ def test_case_07_minilm_with_a_tensor_missing_is_refused(tmp_path: Path) -> None
 
 
 # ------------------------------------------------------------------------ 8. mptheory input types
-@pytest.mark.xfail(strict=True, reason="mptheory.fit/mptheory.mp lie outside the hardening branch: "
-                                       "fit_mp must refuse a complex matrix (reported to the coordinator)")
 def test_case_08_fit_mp_refuses_a_complex_matrix() -> None:
     import warnings
 
@@ -364,8 +362,6 @@ def test_case_08_fit_mp_refuses_a_complex_matrix() -> None:
             fit_mp(w)
 
 
-@pytest.mark.xfail(strict=True, reason="mptheory.mp lies outside the hardening branch: MarchenkoPastur must "
-                                       "refuse a non-number ratio as TracyWidom does (reported)")
 @pytest.mark.parametrize("ratio", ["0.5", True])
 def test_case_08_marchenko_pastur_refuses_a_ratio_that_is_no_number(ratio) -> None:
     from mptheory.mp import MarchenkoPastur
