@@ -50,7 +50,6 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
-from mpprune.data import require_train_split
 from mpprune.errors import BadInput
 from mpprune.masks import MaskStore, check_legal
 from mptheory.io import atomic_write_bytes, jsonable
@@ -459,6 +458,8 @@ def fit(
             size does not divide, masks that do not fit the model, a checkpoint of another run.
     """
     from tqdm.auto import tqdm
+
+    from mpprune.data import require_train_split  # not at module level: mpprune.models imports this chain
 
     if isinstance(dataset, DataLoader):
         dataset = dataset.dataset

@@ -29,13 +29,14 @@ def test_architecture() -> None:
     assert isinstance(model, VisionTransformer) and not model.training
     p = vm.ARCH_DEFAULTS["patch_size"]
     assert model.patch_embed.num_patches == (28 // p) ** 2 and model.num_prefix_tokens == 1
-    assert model.global_pool == "token" and len(model.blocks) == vm.ARCH_DEFAULTS["depth"]
+    assert model.global_pool == "avg" and len(model.blocks) == vm.ARCH_DEFAULTS["depth"]
+    assert vm.vit_mnist_architecture(global_pool="token").global_pool == "token"
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     again = vm.vit_mnist_architecture()
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
     other = vm.vit_mnist_architecture(seed=1)
     assert not torch.equal(model.head.weight, other.head.weight)
-    for bad in ({"patch_size": 5}, {"embed_dim": 30, "num_heads": 4}, {"depth": 0}):
+    for bad in ({"patch_size": 5}, {"embed_dim": 30, "num_heads": 4}, {"depth": 0}, {"global_pool": "map"}):
         with pytest.raises(BadInput):
             vm.vit_mnist_architecture(**bad)
 
@@ -98,12 +99,12 @@ def test_training_is_deterministic_and_seeded() -> None:
 
 
 def test_a_short_training_learns_the_digits() -> None:
-    """Fast twin of the slow full-model test: a width-32 one-block ViT, 2,048 real training digits, 4 epochs
-    without augmentation (256 steps) -- measured 0.377 on the 1,000 held-out digits."""
-    training = replace(TINY_TRAINING, n_train=2048, rotate=0.0, scale=0.0, shift=0.0,
+    """Fast twin of the slow full-model test: a width-32 one-block ViT, the 4,000 real training digits,
+    4 epochs without augmentation (500 steps) -- measured 0.707 on the 1,000 held-out digits."""
+    training = replace(TINY_TRAINING, n_train=None, rotate=0.0, scale=0.0, shift=0.0,
                        recipe=replace(TINY_TRAINING.recipe, epochs=4, batch_size=32, warmup_steps=10))
     _, manifest = vm.train_vit_mnist({**TINY, "embed_dim": 32}, training, progress=False)
-    assert manifest["val_accuracy"] > 0.25  # chance is 0.1
+    assert manifest["val_accuracy"] > 0.5  # chance is 0.1
 
 
 def test_build_cached_publishes_once_and_is_read_back(
