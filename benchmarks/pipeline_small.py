@@ -140,7 +140,8 @@ def prune_row(
     nm = nm_config()
     src = None
     if source != "magnitude":
-        src = prune(dense, config(SOURCE_SPARSITY), calibration=calib, train_data=select, progress=False).masks
+        first = prune(dense, config(SOURCE_SPARSITY), calibration=calib, train_data=select, progress=False)
+        src = first.masks
     if nm is not None:
         if src is None:
             cfg = nm("2:4", cost="magnitude", include=tuple(layers))
@@ -184,7 +185,8 @@ def run(
                     calib = calibration_batches(train, n_calib, batch_size=64, seed=seed)
                     select = calibration_batches(train, n_select, batch_size=64, seed=seed + 1000)
                     t0 = time.perf_counter()
-                    pruned, masks, kn = prune_row(dense, pattern, source, layers, calib, select, seed, ser_steps)
+                    pruned, masks, kn = prune_row(dense, pattern, source, layers, calib, select, seed,
+                                                  ser_steps)
                     t_prune = time.perf_counter() - t0
                     acc_pruned = accuracy(pruned, val, batch_size=EVAL_BATCH)
                     real_s = sparsity(masks).global_sparsity

@@ -160,11 +160,12 @@ def vit_mnist_architecture(
         raise BadInput(f"{MODEL_NAME}: depth must be >= 1 and mlp_ratio > 0, got {depth}, {mlp_ratio}")
     if global_pool not in ("avg", "token"):
         raise BadInput(f"{MODEL_NAME}: global_pool must be 'avg' or 'token', got {global_pool!r}")
+    pool: Any = global_pool
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = VisionTransformer(
             img_size=28, patch_size=patch_size, in_chans=1, num_classes=10, embed_dim=embed_dim, depth=depth,
-            num_heads=num_heads, mlp_ratio=mlp_ratio, class_token=True, global_pool=global_pool,
+            num_heads=num_heads, mlp_ratio=mlp_ratio, class_token=True, global_pool=pool,
         )
     return model.eval()
 
