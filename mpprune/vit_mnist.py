@@ -233,14 +233,16 @@ def train_vit_mnist(
     opts = _arch(arch or {})
     train = mnist_digits("train")
     if training.n_train is not None:
-        from torch.utils.data import Subset
+        from torch.utils.data import TensorDataset
 
         from mpprune.data import SplitDataset
 
         n = int(training.n_train)
         if not 1 <= n <= len(train):
             raise BadInput(f"n_train must be in [1, {len(train)}], got {n}")
-        train = SplitDataset(Subset(train, range(n)), "train", targets=train.targets[:n])
+        x, y = train.base.tensors  # type: ignore[attr-defined]
+        train = SplitDataset(TensorDataset(x[:n], y[:n]), "train", targets=train.targets[:n],
+                             classes=train.classes)
     val = mnist_digits("val")
     t0 = time.perf_counter()
     with _threads(training.threads):
@@ -263,8 +265,7 @@ def train_vit_mnist(
         "epochs": training.recipe.epochs,
         "steps": res.steps,
         "final_loss": res.losses[-1] if res.losses else None,
-        "train_data": {"source": "mnist_digits('train')", "n": len(train), "sha256": data_sha256(
-            mnist_digits("train"))},
+        "train_data": {"source": "mnist_digits('train')", "n": len(train), "sha256": data_sha256(train)},
         "val_accuracy": acc,
         "val_n": len(val),
         "versions": versions(),

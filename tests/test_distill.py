@@ -270,3 +270,28 @@ def test_torchrun_two_processes_match_one_with_the_same_global_batch(tmp_path: P
         torch.testing.assert_close(ddp["state"][k], v, rtol=1e-4, atol=1e-5, msg=k)
     for name, _, keep in masks.entries():
         assert torch.all(ddp["state"][name + ".weight"][~keep] == 0)
+
+
+# ---------------------------------------------------------------- the helpers of benchmarks/pipeline_small
+def test_pipeline_small_two_four_helper_and_layers() -> None:
+    from benchmarks.pipeline_small import eligible_layers, local_two_four, two_four_mask
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 16, generator=g)
+    keep = two_four_mask(w)
+    assert is_two_four(keep) and int(keep.sum()) == 6 * 8
+    groups = w.abs().reshape(6, 4, 4)
+    kept = torch.where(keep.reshape(6, 4, 4), groups, torch.full_like(groups, float("inf")))
+    dropped = torch.where(~keep.reshape(6, 4, 4), groups, torch.full_like(groups, -float("inf")))
+    assert torch.all(kept.min(-1).values >= dropped.max(-1).values)  # the two largest of each group
+    prefer = torch.zeros(6, 16, dtype=torch.bool)
+    prefer[:, ::4] = True  # the source keeps slot 0 of every group: it is kept whatever its size
+    assert torch.all(two_four_mask(w, prefer)[:, ::4])
+    assert is_two_four(two_four_mask(w, prefer))
+    vit = vit_mnist_architecture(**TINY)
+    layers = eligible_layers(vit)
+    assert layers == ["blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc1", "blocks.0.mlp.fc2"]
+    model, masks = local_two_four(vit, layers)
+    check_legal(masks, model)
+    assert all(is_two_four(m) for _, _, m in masks.entries())
+    assert torch.equal(model.head.weight, vit.head.weight)

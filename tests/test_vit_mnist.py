@@ -94,7 +94,12 @@ def test_training_is_deterministic_and_seeded() -> None:
     m3, _ = vm.train_vit_mnist(TINY, seeded, progress=False)
     assert not torch.equal(m1.head.weight, m3.head.weight)
     assert man1["steps"] == 4 and man1["train_data"]["n"] == 256 and man1["seed"] == 0
-    assert man1["train_data"]["sha256"] == vm.data_sha256(mnist_digits("train"))
+    full = mnist_digits("train")
+    assert man1["train_data"]["sha256"] != vm.data_sha256(full)  # the first 256 digits only
+    one_step = replace(TINY_TRAINING, recipe=replace(TINY_TRAINING.recipe, max_steps=1), n_train=None)
+    _, man_all = vm.train_vit_mnist(TINY, one_step, progress=False)
+    expected = {"source": "mnist_digits('train')", "n": 4000, "sha256": vm.data_sha256(full)}
+    assert man_all["train_data"] == expected
     assert 0.0 <= man1["val_accuracy"] <= 1.0 and man1["val_n"] == 1000
 
 
