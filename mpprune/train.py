@@ -437,6 +437,9 @@ def fit(
 ) -> FitResult:
     """Train ``model`` in place with ``loss_fn(model, inputs, labels) -> scalar loss``.
 
+    Seeds torch, numpy's global generator and ``random`` with ``recipe.seed + rank`` first (or restores
+    their states from the checkpoint), so dropout and random augmentations are reproducible.
+
     Args:
         model: the module to train (moved to ``device``; left in eval mode at the end).
         loss_fn: called with the (possibly DDP-wrapped) model and one per-process batch; the loss must
