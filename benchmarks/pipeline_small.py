@@ -26,6 +26,12 @@ fixed. The table prints held-out accuracy dense / pruned / pruned + distilled as
 and the distilled accuracy minus magnitude's (same model, pattern and seed) as the baseline ratio.
 
 Run: ``python -m benchmarks.pipeline_small [--quick] [--seeds 0 1 2] [--epochs 2] [--out FILE]``.
+
+Measured (defaults, seeds 0-2, the local 2:4, 1 thread on a shared 2-core machine, 589 s): the ViT (dense
+97.60 %) is back at 97.17-97.57 % after 2 epochs for every row, the CNN (dense 99.50 %) at 99.57-99.73 %;
+SEB and SER are 0.3-0.4 point (ViT) and 0.03-0.17 point (CNN) below magnitude at 50 % unstructured, and
+at 2:4 their source masks leave the magnitude 2:4 choice unchanged in almost every group (within 0.03
+point of magnitude).
 """
 
 from __future__ import annotations
