@@ -144,9 +144,9 @@ def _per_layer_certified(obj: Any) -> dict[str, float]:
 def mnist_certified_pruning(out: Path, quick: bool = False, estimator: str | None = None) -> dict[str, Any]:
     """SEB s = 0.5 on the real MNIST CNN behind Gate(min_certified=0.99); save, reload, compare.
 
-    ``estimator`` is the gate's L_s estimator: default ``"auto"`` for the full run on 256 digits (the sound
-    exact piecewise-linear max slope wherever it fits the probe budget ``certify.AUTO_MAX_PROBES``; the first
-    conv, ~2,000 linear pieces per digit, gets the labelled estimate); ``quick`` defaults to
+    ``estimator`` is the gate's L_s estimator: default ``"auto"`` for the full run on 256 digits (with
+    ``scope="model"`` the piecewise-linear search decides every digit soundly against its share of the
+    margin, and falls back to the labelled estimate only past its probe budget); ``quick`` defaults to
     ``"segment_max_slope"`` (an ESTIMATE, labelled so) on 128 digits.
     """
     if importlib.util.find_spec("mpprune.certify") is None:
