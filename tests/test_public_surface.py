@@ -108,7 +108,6 @@ def test_nm_config(calib):
     mpp.prune(nn.Sequential(nn.Linear(8, 8)), nm, calibration=calib)
 
 
-@pytest.mark.xfail(strict=True, reason="Gate(scope='model'|'layer') arrives with issue 9")
 def test_gate_scope():
     assert mpp.Gate(min_certified=0.99, scope="model").scope == "model"
     assert mpp.Gate(min_certified=0.99, scope="layer").scope == "layer"
