@@ -70,14 +70,14 @@ def test_run_resumes_after_a_crash(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(RuntimeError, match="simulated crash in evaluate"):
         R.run(cfg, progress=False)
     state = json.loads((out / "state.json").read_text())
-    assert state["completed"] == ["load", "analyze", "prune", "certify"]
+    assert state["completed"] == list(R.STAGES[: R.STAGES.index("evaluate")])  # up to certify
     assert not (out / "model").exists()
 
     calls.clear()
     for s in R.STAGES:
         monkeypatch.setitem(R.STAGE_FUNCTIONS, s, counting(s))
     final = R.run(cfg, progress=False)
-    assert calls == {"evaluate": 1, "save": 1}  # completed stages were skipped
+    assert calls == {s: 1 for s in R.STAGES[R.STAGES.index("evaluate"):]}  # completed stages were skipped
     assert final["completed"] == list(R.STAGES)
     # the final checkpoint is the stage-checkpointed pruned model, and it is really 50 % sparse
     stage_model, _, _ = load_pruned(out / "stages" / "prune")
@@ -186,15 +186,23 @@ def test_dry_run_checks_and_writes_nothing(tmp_path: Path) -> None:
     cfg = _config(out) | {"gate": {"min_certified": 0.5, "estimator": "product_norm"}}
     plan = R.dry_run(cfg)
     assert not out.exists() and list(tmp_path.iterdir()) == []
-    assert plan["stages"] == {s: "run" for s in R.STAGES}
+    absent = {"kn": "skip: no [kn] in the config", "tome": "skip: no [tome] in the config",
+              "distill": "skip: no [distill] in the config",
+              "gate": "skip: the gate ran inside the prune stage (no later stage changes the weights)"}
+    assert plan["stages"] == {s: absent.get(s, "run") for s in R.STAGES}
     assert plan["model"]["parameters"] == sum(p.numel() for p in nn.Sequential(
         nn.Linear(64, 32), nn.Linear(32, 10)).parameters())
     assert plan["method"]["type"] == "Magnitude" and plan["gate"]["min_certified"] == 0.5
     spectra = R.dry_run({"out": str(out), "model": {"name": "tiny-cnn"}, "analyze": True})
     assert spectra["stages"]["analyze"] == "run"
     assert spectra["stages"]["prune"] == "skip: no [method] in the config"
+    # a missing checkpoint: the dry run warns and lists it (every other check made), a real run refuses it
+    missing = cfg | {"model": {"name": "tiny-mlp", "checkpoint": str(tmp_path / "missing.pt")}}
+    with pytest.warns(UserWarning, match="does not exist"):
+        plan = R.dry_run(missing)
+    assert plan["missing"] == [str(tmp_path / "missing.pt")] and plan["stages"]["load"] == "run"
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        R.dry_run(cfg | {"model": {"name": "tiny-mlp", "checkpoint": str(tmp_path / "missing.pt")}})
+        R.run(missing, progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
