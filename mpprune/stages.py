@@ -18,7 +18,9 @@ In order, each from the config's section of the same name (:mod:`mpprune.config`
   from the last one (:func:`mpprune.train.fit`: the same weights as an uninterrupted run on CPU);
   the result goes to ``stages/distill/model/``;
 * ``gate`` -- ``[gate]`` on the last weights: :meth:`mpprune.gate.Gate.apply` against the dense model
-  (its permuted copy when ``[kn]`` folded permutations, token-merged with ``[tome]``). Without a ``[kn]``
+  (its permuted copy when ``[kn]`` folded permutations), with token merging off: the certificate engine
+  runs the network from a layer on, which a merged graph cannot, so gate and certificate speak of the
+  weights, not of the merged graph (the evaluation and the MACs do run it merged). Without a ``[kn]``
   or ``[distill]`` the gate runs inside the prune stage (the prune stage's weights are the final ones),
   exactly as ``mpprune prune --gate`` does (``stages/gate/``);
 * ``certify`` -- :func:`mpprune.certify.certify` of the final model (``stages/certificate.json``);
@@ -185,8 +187,10 @@ class Run:
         return apply_tome(model, tome.schedule(), prop_attn=tome.prop_attn)
 
     def reference(self) -> nn.Module:
-        """The dense model the current one is compared with: permuted as ``[kn]`` folded permutations into
-        it, token-merged once ``[tome]`` is reached (a copy; :meth:`dense` is untouched)."""
+        """The dense model the current one is certified against: a copy, permuted as ``[kn]`` folded
+        permutations into the current one; never token-merged (the certificate engine runs the network
+        from a layer on, which a merged graph cannot: gate and certificate are those of the weights with
+        token merging off)."""
         ref = self.dense()
         kn = (self.state["results"].get("kn") or {})
         if kn.get("permutations"):
@@ -195,7 +199,13 @@ class Run:
             ref = permuted_reference(ref, load_pruned(self.out / _WEIGHT_DIRS["kn"])[2].get("report"))
         else:
             ref = copy.deepcopy(ref)
-        return self.merged(_explicit_attention(ref))
+        return _explicit_attention(ref)
+
+    def unmerged(self) -> nn.Module:
+        """A copy of the current model without token merging, attention on its explicit path."""
+        from mpprune.tome import remove_tome
+
+        return _explicit_attention(remove_tome(copy.deepcopy(self.current()[0])))
 
     def calibration(self) -> list[Any] | None:
         data = self.config.data
@@ -216,20 +226,20 @@ class Run:
             if not done:
                 raise BadInput("no stage has written weights yet")
             model, masks, manifest = load_pruned(self.out / _WEIGHT_DIRS[done[-1]])
-            self._current = (self.merged(model), masks, manifest.get("report"))
+            self._current = (self.merged(model), _sorted_masks(masks, model), manifest.get("report"))
         return self._current
 
     def _skipped(self, stage: str) -> bool:
         return "skipped" in (self.state["results"].get(stage) or {})
 
     def save_weights(self, stage: str, model: nn.Module, masks: MaskStore, report: Any) -> str:
-        """Write the weights of ``stage`` (the unpatched model) and make them current."""
+        """Write the weights of ``stage`` (the unpatched model); they are the current ones from now on."""
         from mpprune.tome import is_tome_patched, remove_tome
 
         plain = remove_tome(copy.deepcopy(model)) if is_tome_patched(model) else model
         save_pruned(self.out / _WEIGHT_DIRS[stage], plain, masks, report, config=self.manifest_config(),
                     factory=self.spec, output=self.output_record())
-        self._current = (model, masks, jsonable(_report_dict(report)))
+        self._current = None  # read back by the next stage: a fresh and a resumed run see the same objects
         return str(_WEIGHT_DIRS[stage])
 
     def manifest_config(self) -> dict[str, Any]:
@@ -254,8 +264,13 @@ class Run:
         atomic_write_text(self.out / STATE_FILE, dumps_json(self.state))
 
 
-def _report_dict(report: Any) -> Any:
-    return report.to_dict() if hasattr(report, "to_dict") else report
+def _sorted_masks(masks: MaskStore, model: nn.Module) -> MaskStore:
+    """``masks`` in the order of their names (declared k:n patterns kept): the order a checkpoint's
+    masks load in varies, and a training state's fingerprint reads them in order."""
+    state = dict(sorted(masks.to_state_dict().items()))
+    patterns = masks.patterns() if hasattr(masks, "patterns") else None
+    extra: tuple[Any, ...] = (patterns,) if patterns else ()
+    return MaskStore.from_state_dict(state, model, *extra)
 
 
 def _explicit_attention(model: nn.Module) -> nn.Module:
@@ -415,8 +430,8 @@ def _stage_distill(r: Run) -> dict[str, Any]:
 @_skippable("gate")
 def _stage_gate(r: Run) -> dict[str, Any]:
     gate = make_gate(r.config.gate)
-    model, masks, report = r.current()
-    verdict = gate.apply(r.reference(), _explicit_attention(model), masks, r.calibration())
+    _, masks, report = r.current()
+    verdict = gate.apply(r.reference(), r.unmerged(), masks, r.calibration())
     rep = dict(report) if isinstance(report, Mapping) else {}
     rep["gate"] = jsonable(verdict)
     where = r.save_weights("gate", r.merged(verdict.model), verdict.masks, rep)
@@ -427,12 +442,10 @@ def _stage_gate(r: Run) -> dict[str, Any]:
 def _stage_certify(r: Run) -> dict[str, Any]:
     from mpprune.certify import certify
 
-    model, _, _ = r.current()
     if r.config.kn is None and r.config.tome is None and r.config.distill is None:
-        ref = r.dense()  # the prune-only run certifies exactly as before
+        ref, model = r.dense(), r.current()[0]  # a prune-only run certifies exactly as before
     else:
-        ref = r.reference()
-        model = _explicit_attention(model)
+        ref, model = r.reference(), r.unmerged()
     rep = certify(ref, model, r.calibration())
     d = jsonable(rep)
     (r.out / "stages").mkdir(parents=True, exist_ok=True)
