@@ -333,8 +333,9 @@ def _stage_prune(r: Run) -> dict[str, Any]:
 
 
 def _value_source(r: Run) -> tuple[nn.Module, MaskStore | None]:
-    """The model the kn stage projects and its prior masks: the pruned weights where the prune stage kept
-    them, the dense weights where it removed them (free restoration decides which come back)."""
+    """The model the kn stage projects and the prune stage's masks: the pruned weights where the prune
+    stage kept them, the dense weights where it removed them (free restoration decides which come back;
+    the layers k:n leaves alone get their pruned weights back afterwards, :func:`_keep_unprojected`)."""
     import torch
 
     from mpprune.masks import weight_of
@@ -345,10 +346,29 @@ def _value_source(r: Run) -> tuple[nn.Module, MaskStore | None]:
     model = copy.deepcopy(pruned)
     dense = dict(r.dense().named_modules())
     with torch.no_grad():
-        for name, mod, keep in masks.entries():
+        for name, mod, keep in masks.bind(model).entries():
             w = weight_of(mod)
             w.copy_(torch.where(keep.to(w.device), w, weight_of(dense[name]).to(w.dtype)))
-    return model, masks
+    return model, masks.bind(model)
+
+
+def _keep_unprojected(model: nn.Module, kn_masks: MaskStore, prior: MaskStore | None) -> list[str]:
+    """Give every layer the prune stage masked and k:n did not project its pruned weights and mask back
+    (in place: ``model``'s weights, ``kn_masks``); returns their names."""
+    import torch
+
+    from mpprune.masks import weight_of
+
+    if prior is None:
+        return []
+    mods = dict(model.named_modules())
+    kept = [name for name in prior if name not in kn_masks]
+    with torch.no_grad():
+        for name in kept:
+            w = weight_of(mods[name])
+            w.mul_(prior[name].to(w.device, w.dtype))
+            kn_masks.add(name, mods[name], prior[name])
+    return kept
 
 
 @_skippable("kn")
@@ -359,15 +379,19 @@ def _stage_kn(r: Run) -> dict[str, Any]:
     assert kn is not None
     model, prior = _value_source(r)
     include = resolve_layers(model, kn.layers) if kn.layers is not None else None
-    method = kn.build(source=prior, include=include)
+    source = None
+    if prior is not None:
+        source = {name: m for name, m in prior.to_state_dict().items() if include is None or name in include}
+    method = kn.build(source=source, include=include)
     res = prune(r.merged(_explicit_attention(model)), method, calibration=r.calibration(),
                 progress=r.progress)
+    unprojected = _keep_unprojected(res.model, res.masks, prior)
     where = r.save_weights("kn", res.model, res.masks, res.report)
     details = [lr.details for lr in res.report.layers if getattr(lr, "details", None)]
     permutations = sum(len(d.get("permutations") or ()) for d in details if isinstance(d, Mapping))
     return {"pattern": method.pattern, "global_sparsity": res.report.global_sparsity,
-            "layers": [lr.name for lr in res.report.layers], "permutations": permutations,
-            "notes": list(res.report.notes), "checkpoint": where}
+            "layers": [lr.name for lr in res.report.layers], "pruned_unprojected": unprojected,
+            "permutations": permutations, "notes": list(res.report.notes), "checkpoint": where}
 
 
 @_skippable("tome")

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from mpprune import run as R
-from mpprune.checkpoint import load_pruned
+from mpprune.checkpoint import kn_legal, load_pruned
 from mpprune.config import nm_class
 from mpprune.errors import BadInput
 from mpprune.models import MNIST_MEAN, MNIST_STD, MODELS, ModelEntry
@@ -124,9 +124,17 @@ def test_pipeline_end_to_end_and_resume_mid_distillation(
     # the final checkpoint: masks legal and frozen through distillation, evaluation and MACs recorded
     final, masks, manifest = load_pruned(tmp_path / "a" / "model")
     pruned, pmasks, _ = load_pruned(tmp_path / "a" / "stages" / "prune")
-    gated = {row["name"] for row in res["gate"]["gate"]}
-    assert gated and gated <= set(res["kn"]["layers"] if kn else pmasks)
     distilled, _, _ = load_pruned(tmp_path / "a" / "stages" / "distill" / "model")
+    gated = {row["name"]: row["status"] for row in res["gate"]["gate"]}
+    assert gated and set(gated) <= set(masks) and set(pmasks) <= set(masks)
+    if kn:  # 2:4 on the MLP: every projected layer is an MLP layer, 2:4-legal after distillation and,
+        # unless the gate backed it off, in the final model
+        _, dmasks, _ = load_pruned(tmp_path / "a" / "stages" / "distill" / "model")
+        assert res["kn"]["layers"] and all(".mlp.fc" in n for n in res["kn"]["layers"])
+        for n in res["kn"]["layers"]:
+            assert kn_legal(dict(distilled.named_modules())[n].weight, 2, 4), n
+            if gated.get(n) == "passed":
+                assert kn_legal(dict(final.named_modules())[n].weight, 2, 4), n
     before, after = pruned.state_dict(), distilled.state_dict()
     assert not all(torch.equal(before[k], after[k]) for k in before)  # distillation changed the weights
     for name, mod, keep in masks.entries():
