@@ -377,9 +377,7 @@ class KnConfig:
             if "include" in t:
                 raise BadInput(f"{where}: give layers (glob patterns) or include (exact names), not both")
         check_option_types(t, hints, where)
-        cfg = cls(options=t, layers=layers)
-        cfg.build()  # validate now
-        return cfg
+        return cls(options=t, layers=layers)  # built (validated) by parse_config, which knows the source
 
 
 @dataclass(frozen=True)
@@ -553,9 +551,9 @@ def parse_config(obj: Any, where: str = "config") -> RunConfig:
         raise BadInput(f"{where}: [distill] fine-tunes a pruned model: give a [method] or a [kn]")
     if distill is not None and (data is None or data.calib is None):
         raise BadInput(f"{where}: [distill] trains on the TRAIN split of 'data.calib': give it")
-    if kn is not None and kn.build().needs_calibration and (data is None or data.calib is None):
-        raise BadInput(f"{where}: [kn] with cost {kn.build().cost!r} reads calibration data: "
-                       "give 'data.calib'")
+    nm = None if kn is None else kn.build(source={} if method is not None else None)  # validate now
+    if nm is not None and nm.needs_calibration and (data is None or data.calib is None):
+        raise BadInput(f"{where}: [kn] with cost {nm.cost!r} reads calibration data: give 'data.calib'")
     gate = cfg.get("gate")
     if gate is not None:
         gate = _table(gate, f"{where} [gate]")

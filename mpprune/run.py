@@ -346,7 +346,8 @@ def dry_run(
     kn = None
     if cfg.kn is not None:
         include = resolve_layers(model, cfg.kn.layers) if cfg.kn.layers is not None else None
-        kn = jsonable(config_dict(cfg.kn.build(include=include)))
+        source = {} if cfg.method is not None else None  # the prune stage's masks, once they exist
+        kn = jsonable(config_dict(cfg.kn.build(source=source, include=include)))
     tome = None
     if cfg.tome is not None:
         from mpprune.tome import apply_tome, resolve_r

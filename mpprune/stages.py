@@ -62,7 +62,7 @@ from mpprune.errors import BadInput
 from mpprune.io import input_record, output_record, utc_now
 from mpprune.masks import MaskStore
 from mpprune.models import build_model, check_finite
-from mptheory.io import atomic_write_text, dumps_json, jsonable
+from mptheory.io import atomic_write_bytes, atomic_write_text, dumps_json, jsonable
 
 __all__ = [
     "STAGES",
@@ -88,6 +88,8 @@ TRAIN_STATE_FILE = "train_state.pt"
 #: The folders of the stages that write weights, in stage order (the last completed one is current).
 _WEIGHT_DIRS = {"prune": Path("stages") / "prune", "kn": Path("stages") / "kn",
                 "distill": Path("stages") / "distill" / "model", "gate": Path("stages") / "gate"}
+#: The prune masks the kn stage starts from (``masks.safetensors``: the layers it may project).
+_KN_SOURCE_DIR = Path("stages") / "kn_source"
 
 
 def gate_summary(verdict: Any) -> list[dict[str, Any]] | None:
@@ -380,8 +382,16 @@ def _stage_kn(r: Run) -> dict[str, Any]:
     model, prior = _value_source(r)
     include = resolve_layers(model, kn.layers) if kn.layers is not None else None
     source = None
-    if prior is not None:
-        source = {name: m for name, m in prior.to_state_dict().items() if include is None or name in include}
+    if prior is not None:  # NM reads the prior masks from a folder (the report records its path, not masks)
+        from safetensors.torch import save as st_save
+
+        from mpprune.checkpoint import MASKS_FILE
+
+        masks = {n: m.contiguous() for n, m in prior.to_state_dict().items() if include is None or n in include}
+        folder = r.out / _KN_SOURCE_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(folder / MASKS_FILE, st_save(masks))
+        source = str(folder)
     method = kn.build(source=source, include=include)
     res = prune(r.merged(_explicit_attention(model)), method, calibration=r.calibration(),
                 progress=r.progress)
