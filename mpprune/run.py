@@ -346,7 +346,7 @@ def dry_run(
     kn = None
     if cfg.kn is not None:
         include = resolve_layers(model, cfg.kn.layers) if cfg.kn.layers is not None else None
-        source = {} if cfg.method is not None else None  # the prune stage's masks, once they exist
+        source: dict[str, Any] | None = {} if cfg.method is not None else None  # the prune masks, later
         kn = jsonable(config_dict(cfg.kn.build(source=source, include=include)))
     tome = None
     if cfg.tome is not None:

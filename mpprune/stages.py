@@ -387,7 +387,8 @@ def _stage_kn(r: Run) -> dict[str, Any]:
 
         from mpprune.checkpoint import MASKS_FILE
 
-        masks = {n: m.contiguous() for n, m in prior.to_state_dict().items() if include is None or n in include}
+        masks = {n: m.contiguous() for n, m in prior.to_state_dict().items()
+                 if include is None or n in include}
         folder = r.out / _KN_SOURCE_DIR
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(folder / MASKS_FILE, st_save(masks))
