@@ -27,7 +27,8 @@ In order, each from the config's section of the same name (:mod:`mpprune.config`
 * ``evaluate`` -- top-1 accuracy of the dense and the final model on the val data;
 * ``macs`` -- :func:`mpprune.macs.count_macs` of the dense and the final model (with its ToMe schedule),
   both conventions, for one input of the calibration (or evaluation) data's shape;
-* ``save`` -- the final checkpoint ``model/`` with the prune report, certificate and evaluation.
+* ``save`` -- the final checkpoint ``model/``: the prune report, the certificate, and in its manifest the
+  evaluation, the MAC counts and the distillation summary.
 
 A stage that changes the weights writes them as a checkpoint, so a resumed run starts later stages from
 exactly those weights. :func:`skip_reason` is the one rule saying which stages do nothing for a config
@@ -541,6 +542,9 @@ def _stage_save(r: Run) -> dict[str, Any]:
     extra = {"evaluation": ev, "data": r.state.get("data")}
     if macs is not None and "skipped" not in macs:
         extra["macs"] = {k: macs[k] for k in ("input_size", "executed", "paper", "tome")}
+    dist = results.get("distill")
+    if dist is not None and "skipped" not in dist:
+        extra["distill"] = {"fit": dist["fit"], "n_train": dist["n_train"]}
     plain = remove_tome(copy.deepcopy(model)) if is_tome_patched(model) else model
     out = save_pruned(r.out / FINAL_CHECKPOINT, plain, masks, report, config=r.manifest_config(),
                       inputs=r.inputs(), certificate=cert, factory=r.spec, extra=extra,

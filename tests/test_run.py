@@ -239,3 +239,98 @@ def test_spectra_only_run(tmp_path: Path) -> None:
     assert state["results"]["prune"] == {"skipped": "no [method] in the config"}
     rep = json.loads((tmp_path / "s" / "stages" / "analyze" / "spectrum.json").read_text())
     assert len(rep["layers"]) == 5 and not (tmp_path / "s" / "model").exists()
+
+
+# --------------------------------------------------------------------- pipeline sections of the config
+def _vit(out: Path) -> dict:
+    return {"out": str(out), "model": {"name": "vit-mnist", "kwargs": {"embed_dim": 32, "depth": 2,
+                                                                       "num_heads": 2}},
+            "method": {"name": "magnitude", "sparsity": 0.5}, "data": {"calib": "mnist", "n_calib": 64}}
+
+
+def test_tome_and_distill_sections_parse_and_refuse(tmp_path: Path) -> None:
+    base = _vit(tmp_path / "o")
+    cfg = parse_config(base | {"tome": {"r": 2, "inflection": -0.5}, "macs": False,
+                               "distill": {"epochs": 1, "lr": 1e-4, "n_train": 100, "checkpoint_every": 5}})
+    assert cfg.tome is not None and cfg.tome.schedule() == (2, -0.5) and cfg.macs is False
+    assert cfg.distill is not None and cfg.distill.build().lr == 1e-4 and cfg.distill.n_train == 100
+    assert parse_config(cfg.to_dict()) == cfg  # the recorded config parses back to itself
+    for bad, match in [({"tome": {"r": -1}}, "r must be >= 0"),
+                       ({"tome": {"r": [1, 2], "inflection": 0.5}}, "inflection applies to an integer r"),
+                       ({"tome": {"rr": 2}}, "unknown key"),
+                       ({"distill": {"lr": "fast"}}, "lr must be a number"),
+                       ({"distill": {"epochs": 0}}, "epochs must be an integer >= 1"),
+                       ({"distill": {"checkpoint_every": 0}}, "checkpoint_every must be >= 1"),
+                       ({"distill": {"optimiser": "adamw"}}, "unknown key")]:
+        with pytest.raises(BadInput, match=match):
+            parse_config(base | bad)
+    with pytest.raises(BadInput, match=r"\[distill\] fine-tunes a pruned model"):
+        parse_config({k: v for k, v in base.items() if k != "method"} | {"distill": {}})
+    with pytest.raises(BadInput, match="TRAIN split of 'data.calib'"):
+        parse_config({k: v for k, v in base.items() if k != "data"} | {"distill": {}})
+
+
+def test_dry_run_validates_the_pipeline_stages(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    plan = R.dry_run(_vit(out) | {"tome": {"r": 2}, "distill": {"epochs": 1}, "gate": {"min_certified": 0.9}})
+    assert plan["stages"]["tome"] == plan["stages"]["distill"] == plan["stages"]["gate"] == "run"
+    assert plan["stages"]["kn"] == "skip: no [kn] in the config" and plan["stages"]["macs"] == "run"
+    assert plan["tome"] == {"r": [2, 2], "prop_attn": True} and plan["distill"]["epochs"] == 1
+    assert plan["missing"] == [] and list(tmp_path.iterdir()) == []
+    with pytest.raises(BadInput, match="need timm's VisionTransformer"):  # ToMe checked on the architecture
+        R.dry_run(_config(out) | {"tome": {"r": 2}})
+    with pytest.raises(BadInput, match="ToMe"):
+        R.dry_run(_vit(out) | {"tome": {"r": [1, 1, 1]}})  # one r per block: the model has 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_kn_section_needs_nm_or_is_validated(tmp_path: Path) -> None:
+    from mpprune.config import nm_class
+
+    cfg = _vit(tmp_path / "o") | {"kn": {"pattern": "2:4", "layers": ["blocks.*.mlp.*"]}}
+    try:
+        nm_class()
+    except BadInput:
+        with pytest.raises(BadInput, match=r"\[kn\] needs mpprune.methods.NM"):
+            parse_config(cfg)
+        return
+    plan = R.dry_run(cfg)
+    assert plan["kn"]["include"] == ["blocks.0.mlp.fc1", "blocks.0.mlp.fc2", "blocks.1.mlp.fc1",
+                                     "blocks.1.mlp.fc2"]
+    with pytest.raises(BadInput, match="match no prunable layer"):
+        R.dry_run(cfg | {"kn": {"pattern": "2:4", "layers": ["nothing.*"]}})
+    with pytest.raises(BadInput, match="unknown key"):
+        parse_config(cfg | {"kn": {"pattern": "2:4", "source": "x"}})  # the run gives the source
+
+
+def test_timm_checkpoints_need_95_percent_key_coverage(tmp_path: Path) -> None:
+    from mpprune.models import load_timm
+
+    src = load_timm("test_vit", num_classes=5)
+    state = src.state_dict()
+    total = sum(p.numel() for p in src.parameters())
+    # drop the head (a small share of the parameters): loads, with a warning naming the missing keys
+    head = {k: v for k, v in state.items() if not k.startswith("head.")}
+    assert sum(v.numel() for k, v in state.items() if k.startswith("head.")) < 0.05 * total
+    torch.save(head, tmp_path / "nohead.pth")
+    with pytest.warns(UserWarning, match="2 model key"):
+        model = load_timm("test_vit", tmp_path / "nohead.pth", num_classes=5)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in head.items())
+    # drop the blocks: far below 95 % -> refused, naming the count of missing keys
+    few = {k: v for k, v in state.items() if not k.startswith("blocks.")}
+    torch.save(few, tmp_path / "few.pth")
+    missing = len([k for k in state if k.startswith("blocks.")])
+    with pytest.raises(BadInput, match=rf"{missing} of its {len(state)} keys are missing"):
+        load_timm("test_vit", tmp_path / "few.pth", num_classes=5)
+
+
+def test_vit_mnist_is_registered_without_training_for_dry_runs() -> None:
+    from mpprune.models import MODELS, build_model
+
+    entry = MODELS["vit-mnist"]
+    assert entry.num_classes == 10 and entry.asset is None and "embed_dim" in entry.options
+    model = build_model(model_spec("vit-mnist", embed_dim=32, depth=1, num_heads=2), load_weights=False)
+    assert type(model).__name__ == "VisionTransformer" and len(model.blocks) == 1
+    x = torch.randn(2, 1, 28, 28)
+    assert model(x).shape == (2, 10)
+    assert tuple(entry.transform({})(__import__("PIL.Image").Image.new("L", (28, 28))).shape) == (1, 28, 28)
