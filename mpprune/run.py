@@ -243,7 +243,9 @@ def run(
     checksums recorded by ``load`` must still match; with ``resume=False`` any previous run there is
     replaced (kept until this run succeeds). A state written for a different config raises
     :class:`~mpprune.errors.BadInput` naming ``state.json``. After each stage ``<out>/state.json`` records
-    the completed stages and their results. Bad input or a refusal found at any stage (NaN weights, empty
+    the completed stages and their results. Under ``torchrun --nproc_per_node N`` rank 0 runs every stage and
+    writes everything; the other processes join the distillation only (each a share of every global batch,
+    :func:`mpprune.train.fit`) and return. Bad input or a refusal found at any stage (NaN weights, empty
     calibration data, a failed check) undoes everything this call wrote; an internal error or an interrupt
     keeps the completed stages, to resume. The folder is locked while the run works; hidden temporaries a
     killed run left there are removed. The final checkpoint goes to ``<out>/model``; ``command`` is the
@@ -255,6 +257,9 @@ def run(
     from tqdm.auto import tqdm
 
     cfg = _as_config(config).with_out(out)
+    job = _torchrun_job(cfg)
+    if job is not None and job["rank"] != 0:
+        return _follow(cfg, job["id"], command)
     plan = _plan(cfg, resume, command)
     out_dir = plan.target.path
     for kept in clean_stale_staging(out_dir):
@@ -289,9 +294,15 @@ def run(
                     continue
                 t0 = time.perf_counter()
                 r.stage = stage
+                if job is not None:  # tells the other torchrun processes when to join the distillation
+                    state["running"] = {"stage": stage, "job": job["id"]}
+                    r.save_state()
                 state["results"][stage] = jsonable(STAGE_FUNCTIONS[stage](r))
                 state.setdefault("seconds", {})[stage] = time.perf_counter() - t0
                 state["completed"].append(stage)
+                r.save_state()
+            if job is not None:
+                state["running"] = {"stage": None, "job": job["id"]}
                 r.save_state()
     except (BadInput, FileNotFoundError, Refusal):  # nothing written: undo this call
         if aside is not None:
@@ -308,6 +319,47 @@ def run(
         if aside is not None and aside.exists():
             shutil.rmtree(aside, ignore_errors=True)
     return state
+
+
+def _torchrun_job(cfg: RunConfig) -> dict[str, Any] | None:
+    """Under ``torchrun`` with several processes and a ``[distill]``: the process group is initialised
+    (:func:`mpprune.train.dist_env`) and rank 0 hands every process one token naming this job; None
+    otherwise."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or cfg.distill is None:
+        return None
+    import secrets
+
+    import torch.distributed as dist
+
+    from mpprune.train import dist_env
+
+    env = dist_env()
+    token = [secrets.token_hex(8) if env.is_main else None]
+    dist.broadcast_object_list(token, src=0)
+    return {"rank": env.rank, "id": token[0]}
+
+
+def _follow(cfg: RunConfig, job: str, command: str) -> dict[str, Any]:
+    """A torchrun process other than rank 0: it writes nothing, waits (reading ``state.json``) until rank 0
+    starts the distill stage of this job, takes its share of every global batch, and returns rank 0's
+    state as it was then (rank 0 runs and records every other stage). Returns at once when rank 0
+    finishes without distilling (the stage was done before)."""
+    out_dir = _output_dir(cfg)
+    while True:
+        try:
+            state = json.loads((out_dir / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            state = None
+        running = state.get("running") if isinstance(state, dict) else None
+        if isinstance(running, dict) and running.get("job") == job:
+            if running.get("stage") in ("distill", None):
+                break
+        time.sleep(0.5)
+    assert isinstance(state, dict)
+    if running["stage"] == "distill":
+        r = Run(config=cfg, out=out_dir, state=state, progress=False, command=command, stage="distill")
+        state["results"]["distill"] = jsonable(STAGE_FUNCTIONS["distill"](r))
+    return state | {"follower": True}
 
 
 def dry_run(

@@ -285,6 +285,13 @@ def _explicit_attention(model: nn.Module) -> nn.Module:
     return model
 
 
+def _follower() -> bool:
+    """Whether this is a ``torchrun`` process other than rank 0 (it takes part in distillation only)."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_rank() != 0
+
+
 def _skippable(stage: str) -> Callable[[Callable[[Run], dict[str, Any]]], Callable[[Run], dict[str, Any]]]:
     """A stage function that returns ``{"skipped": reason}`` when :func:`skip_reason` says so."""
 
@@ -452,12 +459,16 @@ def _stage_distill(r: Run) -> dict[str, Any]:
     student, masks, report = r.current()
     student = copy.deepcopy(student)
     folder = r.out / "stages" / "distill"
-    folder.mkdir(parents=True, exist_ok=True)
+    follower = _follower()
+    if not follower:
+        folder.mkdir(parents=True, exist_ok=True)
     train = _train_split(r)
     res = D.distill(student, r.dense(), masks, train, dcfg.build(), checkpoint=folder / TRAIN_STATE_FILE,
                     checkpoint_every=dcfg.checkpoint_every, progress=r.progress)
     res.model.cpu()  # the later stages (and the teacher, moved to the training device) work on the CPU
     r.dense().cpu()
+    if follower:  # a torchrun process other than rank 0 writes nothing
+        return {"fit": res.to_dict(), "n_train": len(train)}
     where = r.save_weights("distill", res.model, masks.bind(res.model), report)
     return {"fit": res.to_dict(), "n_train": len(train), "checkpoint": where,
             "train_state": str(Path("stages") / "distill" / TRAIN_STATE_FILE)}

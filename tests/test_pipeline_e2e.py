@@ -1,7 +1,8 @@
 """The whole pipeline from one config file, on CPU, on a tiny ViT trained on the real MNIST digits:
 load → SEB 0.35 → certificate-aware 2:4 on the MLP ([kn], when mpprune.methods.NM exists) → ToMe r = 2 →
 one short distillation epoch → gate → evaluate → MACs → save; and a run crashed in the middle of the
-distillation resumes to the same final weights as an uninterrupted run."""
+distillation resumes to the same final weights as an uninterrupted run; through torchrun with 2 processes
+(slow) the pipeline matches one process."""
 
 from __future__ import annotations
 
@@ -192,3 +193,57 @@ def test_kn_stage_without_nm_is_bad_input_at_validation(tmp_path: Path) -> None:
 
     with pytest.raises(BadInput, match="mpprune.methods.NM"):
         parse_config({"out": str(tmp_path / "o"), "model": {"name": "tiny-mlp"}, "kn": {"pattern": "2:4"}})
+
+
+@pytest.mark.slow
+def test_pipeline_through_torchrun_matches_one_process(tmp_path: Path) -> None:
+    """`torchrun --nproc_per_node 2 -m mpprune run CONFIG` (gloo on CPU): rank 0 runs every stage, both
+    processes distil, each half of every global batch; the final weights match one process's within
+    float tolerance (DDP sums the gradients in another order)."""
+    import os
+    import subprocess
+    import sys
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.is_file():
+        pytest.skip("torchrun is not installed next to this Python")
+
+    def config(out: Path) -> Path:
+        path = out.with_suffix(".toml")
+        path.write_text(f"""
+out = "{out}"
+analyze = false
+certify = false
+[model]
+name = "mnist-cnn"
+[method]
+name = "seb"
+sparsity = 0.5
+[distill]
+epochs = 1
+batch_size = 32
+lr = 1e-4
+warmup_steps = 2
+n_train = 256
+checkpoint_every = 3
+[data]
+calib = "mnist"
+n_calib = 64
+n_eval = 200
+""")
+        return path
+
+    one = R.run(config(tmp_path / "one"), progress=False)
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--standalone", "-m", "mpprune", "run",
+                           str(config(tmp_path / "two")), "--quiet"], env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "state.json").read_text())
+    assert two["completed"] == one["completed"] == list(R.STAGES)
+    fit_one, fit_two = one["results"]["distill"]["fit"], two["results"]["distill"]["fit"]
+    assert (fit_one["world_size"], fit_two["world_size"]) == (1, 2)
+    assert fit_one["steps"] == fit_two["steps"] == 8
+    a, b = _weights(tmp_path / "one" / "model"), _weights(tmp_path / "two" / "model")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
