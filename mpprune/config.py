@@ -430,7 +430,9 @@ class DistillConfig:
     """``[distill]``: the fields of :class:`mpprune.distill.DistillRecipe` (``recipe``), a training state
     written every ``checkpoint_every`` optimiser steps (and at the end) inside the run folder, ``n_train``
     training items (a seeded stratified subset of the TRAIN split; None: all) and ``augment`` (timm's
-    training transforms for the ImageFolder data of a timm model; built-in data are used as they are)."""
+    training transforms with RandAugment m9-mstd0.5, random erasing 0.25, flips and colour jitter,
+    :data:`mpprune.stages.TRAIN_AUGMENTATION`, for the ImageFolder data of a timm model; built-in data
+    are used as they are)."""
 
     recipe: Mapping[str, Any] = field(default_factory=dict)
     checkpoint_every: int = 500

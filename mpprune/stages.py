@@ -73,6 +73,7 @@ __all__ = [
     "FINAL_CHECKPOINT",
     "PRUNE_REPORT_FILE",
     "TRAIN_STATE_FILE",
+    "TRAIN_AUGMENTATION",
     "Run",
     "gate_summary",
     "skip_reason",
@@ -89,6 +90,8 @@ TRAIN_STATE_FILE = "train_state.pt"
 #: The folders of the stages that write weights, in stage order (the last completed one is current).
 _WEIGHT_DIRS = {"prune": Path("stages") / "prune", "kn": Path("stages") / "kn",
                 "distill": Path("stages") / "distill" / "model", "gate": Path("stages") / "gate"}
+#: timm training augmentation of the distillation data (digest §3.12; Mixup is not applied).
+TRAIN_AUGMENTATION: dict[str, Any] = {"auto_augment": "rand-m9-mstd0.5", "re_prob": 0.25, "hflip": 0.5, "color_jitter": 0.4}
 #: The prune masks the kn stage starts from (``masks.safetensors``: the layers it may project).
 _KN_SOURCE_DIR = Path("stages") / "kn_source"
 
@@ -429,8 +432,9 @@ def _stage_tome(r: Run) -> dict[str, Any]:
 
 
 def _train_split(r: Run) -> SplitDataset:
-    """The TRAIN split of ``data.calib`` for distillation (timm's training transforms for ImageFolder
-    data of a timm model with ``augment``), cut to a stratified seeded subset of ``n_train`` items."""
+    """The TRAIN split of ``data.calib`` for distillation (with ``augment``, timm's training transforms
+    with :data:`TRAIN_AUGMENTATION` for the ImageFolder data of a timm model), cut to a stratified seeded
+    subset of ``n_train`` items."""
     from torch.utils.data import Subset
 
     data, dcfg = r.config.data, r.config.distill
@@ -442,7 +446,8 @@ def _train_split(r: Run) -> SplitDataset:
         from mpprune.data import image_folder
 
         cfg = timm.data.resolve_data_config({}, model=r.dense())
-        ds = image_folder(data.calib, "train", transform=timm.data.create_transform(**cfg, is_training=True))
+        ds = image_folder(data.calib, "train", transform=timm.data.create_transform(
+            **cfg, is_training=True, **TRAIN_AUGMENTATION))
     if dcfg.n_train is not None and dcfg.n_train < len(ds):
         idx = np.sort(calibration_indices(np.asarray(ds.targets), dcfg.n_train, data.seed))
         ds = SplitDataset(Subset(ds, idx.tolist()), "train", targets=np.asarray(ds.targets)[idx],

@@ -334,3 +334,30 @@ def test_vit_mnist_is_registered_without_training_for_dry_runs() -> None:
     x = torch.randn(2, 1, 28, 28)
     assert model(x).shape == (2, 10)
     assert tuple(entry.transform({})(__import__("PIL.Image").Image.new("L", (28, 28))).shape) == (1, 28, 28)
+
+
+def test_distillation_data_of_an_image_folder_get_timms_training_transforms(tmp_path: Path) -> None:
+    """[distill] on an ImageFolder: the TRAIN split, a stratified n_train subset, timm's training
+    augmentation (RandAugment, random erasing) for a timm model; none with augment = false."""
+    from PIL import Image
+
+    from mpprune.stages import Run, _train_split
+
+    for c in ("cat", "dog"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (40, 40), (60 * i, 20, 200)).save(tmp_path / "imgs" / c / f"{i}.png")
+    base = {"out": str(tmp_path / "o"), "model": {"name": "test_vit", "num_classes": 2},
+            "method": {"name": "magnitude", "sparsity": 0.5}, "data": {"calib": str(tmp_path / "imgs")}}
+    for augment in (True, False):
+        cfg = parse_config(base | {"distill": {"n_train": 4, "augment": augment}})
+        r = Run(config=cfg, out=tmp_path / "o", state={"completed": [], "results": {}})
+        ds = _train_split(r)
+        assert ds.split == "train" and len(ds) == 4 and sorted(ds.targets.tolist()) == [0, 0, 1, 1]
+        x, _ = ds[0]
+        assert tuple(x.shape) == (3, 160, 160)
+        inner: object = ds
+        while not hasattr(inner, "transform"):  # SplitDataset(Subset(SplitDataset(ImageFolder)))
+            inner = getattr(inner, "base", None) or inner.dataset
+        text = repr(inner.transform)
+        assert ("RandAugment" in text and "RandomErasing" in text) == augment
