@@ -91,7 +91,8 @@ TRAIN_STATE_FILE = "train_state.pt"
 _WEIGHT_DIRS = {"prune": Path("stages") / "prune", "kn": Path("stages") / "kn",
                 "distill": Path("stages") / "distill" / "model", "gate": Path("stages") / "gate"}
 #: timm training augmentation of the distillation data (digest §3.12; Mixup is not applied).
-TRAIN_AUGMENTATION: dict[str, Any] = {"auto_augment": "rand-m9-mstd0.5", "re_prob": 0.25, "hflip": 0.5, "color_jitter": 0.4}
+TRAIN_AUGMENTATION: dict[str, Any] = {"auto_augment": "rand-m9-mstd0.5", "re_prob": 0.25, "hflip": 0.5,
+                                      "color_jitter": 0.4}
 #: The prune masks the kn stage starts from (``masks.safetensors``: the layers it may project).
 _KN_SOURCE_DIR = Path("stages") / "kn_source"
 
