@@ -1,19 +1,19 @@
 """The run config: typed, frozen dataclasses parsed from TOML or JSON (or built from CLI flags).
 
-A run config has these sections (``experiments/*.toml`` holds examples)::
+A run config has these sections (``experiments/**/*.toml`` holds examples)::
 
     out = "out/mnist-seb"          # output directory (``--out`` overrides it)
-    analyze = true                 # optional stages: analyze, certify, evaluate (default true)
+    analyze = true                 # optional stages: analyze, certify, evaluate, macs (default true)
     [model]                        # ModelConfig
     name = "mnist-cnn"             # a registered model (mpprune.models.MODELS) or a timm name
     checkpoint = "weights.pth"     # optional local file; num_classes, [model.kwargs] optional
-    [method]                       # MethodConfig (optional: without it only load and analyze run)
+    [method]                       # MethodConfig (optional: without it and [kn] only load and analyze run)
     name = "seb"                   # a registered method (mpprune.methods.api.method_names())
     sparsity = 0.5                 # and any field of the method's config dataclass, e.g. strength = 1.0
     [data]                         # DataConfig (optional)
     calib = "mnist"                # TRAIN data: a built-in data set or an ImageFolder directory
     n_calib = 1000                 # batch_size = 64, seed = 0, eval = <val source>, n_eval
-    [gate]                         # keyword arguments of mpprune.certify.Gate (optional; needs data.calib)
+    [gate]                         # keyword arguments of mpprune.gate.Gate (optional; needs data.calib)
     min_certified = 0.99
     [kn]                           # KnConfig: k:n on top of the prune stage's masks (mpprune.methods.NM)
     pattern = "2:4"                # and any field of NM but source (the prune masks, or dense without
@@ -24,7 +24,9 @@ A run config has these sections (``experiments/*.toml`` holds examples)::
     epochs = 3                     # and any field of mpprune.distill.DistillRecipe; checkpoint_every (steps),
     checkpoint_every = 500         # n_train (a stratified subset), augment (timm's training transforms)
 
-The stages run in the order of :data:`mpprune.stages.STAGES`; ``macs = false`` switches the MAC count off.
+The stages run in the order of :data:`mpprune.stages.STAGES`, each only with its section. A ``[distill]``
+needs a ``[method]`` or ``[kn]`` and ``data.calib``; ``[kn]`` (until ``mpprune.methods.NM`` exists: bad
+input) is validated with the prune masks as its source when there is a ``[method]``.
 
 Every list of allowed names comes from its registry (models, methods, the fields of the method's config
 dataclass, the parameters of ``Gate``), and every value is checked against the type its dataclass field or

@@ -5,25 +5,30 @@ In order, each from the config's section of the same name (:mod:`mpprune.config`
 * ``load`` -- the dense model and the checksums of the inputs;
 * ``analyze`` -- the per-layer MP fits of the dense model (``stages/analyze/spectrum.{json,md}``);
 * ``prune`` -- ``[method]`` through :func:`mpprune.methods.prune` (``stages/prune/``);
-* ``kn`` -- ``[kn]``: :class:`mpprune.methods.NM` whose ``source`` is the prune stage's masks (dense
-  source without a ``[method]``); the values it projects are the pruned model's where the masks kept them
-  and the dense model's elsewhere (digest §3.7 step 2). With a ``[tome]`` the calibration statistics are
-  captured on the token-merged graph, as in the paper (``stages/kn/``);
-* ``tome`` -- ``[tome]``: :func:`mpprune.tome.apply_tome` on every model the later stages use (the dense
-  reference included); it adds no weights, so checkpoints hold the unpatched model and the manifest's
-  config records ``r`` (apply it again after :func:`mpprune.checkpoint.load_pruned`);
+* ``kn`` -- ``[kn]``: :class:`mpprune.methods.NM` whose ``source`` is the prune stage's masks (written to
+  ``stages/kn_source/``, for the layers ``[kn]`` may project; a dense source without a ``[method]``); the
+  values it projects are the pruned model's where the masks kept them and the dense model's elsewhere
+  (digest §3.7 step 2); the layers it does not project keep their pruned weights and masks. With a
+  ``[tome]`` its calibration statistics are captured on the token-merged graph, as in the paper
+  (``stages/kn/``);
+* ``tome`` -- ``[tome]``: :func:`mpprune.tome.apply_tome` on the current model from the kn stage on (the
+  dense teacher and the certificate's reference stay unmerged); it adds no weights, so checkpoints hold
+  the unpatched model and the manifest's config records ``r`` (apply it again after
+  :func:`mpprune.checkpoint.load_pruned`);
 * ``distill`` -- ``[distill]``: :func:`mpprune.distill.distill` of the current model against the dense
   one, masks frozen, on the TRAIN split of ``data.calib``; its training state ``stages/distill/
   train_state.pt`` is written every ``checkpoint_every`` steps, so a run killed mid-distillation resumes
   from the last one (:func:`mpprune.train.fit`: the same weights as an uninterrupted run on CPU);
-  the result goes to ``stages/distill/model/``;
+  the result goes to ``stages/distill/model/``. Under ``torchrun`` every process takes part in this
+  stage only (:func:`mpprune.run.run`);
 * ``gate`` -- ``[gate]`` on the last weights: :meth:`mpprune.gate.Gate.apply` against the dense model
   (its permuted copy when ``[kn]`` folded permutations), with token merging off: the certificate engine
   runs the network from a layer on, which a merged graph cannot, so gate and certificate speak of the
   weights, not of the merged graph (the evaluation and the MACs do run it merged). Without a ``[kn]``
   or ``[distill]`` the gate runs inside the prune stage (the prune stage's weights are the final ones),
   exactly as ``mpprune prune --gate`` does (``stages/gate/``);
-* ``certify`` -- :func:`mpprune.certify.certify` of the final model (``stages/certificate.json``);
+* ``certify`` -- :func:`mpprune.certify.certify` of the final model against the gate's reference, token
+  merging off (``stages/certificate.json``);
 * ``evaluate`` -- top-1 accuracy of the dense and the final model on the val data;
 * ``macs`` -- :func:`mpprune.macs.count_macs` of the dense and the final model (with its ToMe schedule),
   both conventions, for one input of the calibration (or evaluation) data's shape;
