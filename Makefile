@@ -42,6 +42,9 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.spectra
 	$(PY) -m benchmarks.models_spectra
 	$(PY) -m benchmarks.mnist_pruning
+	$(PY) -m benchmarks.fit_calibration
+	$(PY) -m benchmarks.sparse_exec
+	$(PY) -m benchmarks.pipeline_small
 
 verify: $(STAMP)
 	$(VENV)/bin/mptheory verify --json $(OUT)/verify.json

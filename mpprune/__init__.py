@@ -12,9 +12,12 @@ Public surface (loaded lazily so that ``import mpprune`` stays cheap)::
     from mpprune.certify import certify                           # per-layer, per-sample certificates
 
 Modules: ``models`` (the model registry), ``data`` (datasets, calibration, accuracy), ``layers``,
-``spectrum``, ``masks``, ``methods`` (the method registry and ``prune``), ``certify``, ``io`` (atomic
-publishing, provenance), ``checkpoint``, ``config`` (the typed run config), ``run`` (the staged run behind
-``mpprune run`` and ``mpprune prune``), ``errors`` (bad input / refusal / internal), ``cli``.
+``spectrum``, ``masks``, ``methods`` (the method registry and ``prune``), ``certify`` (the certificate
+engine), ``gate`` (the hard gate on certificates), ``tome`` (token merging), ``train`` and ``distill``
+(frozen-mask distillation, DDP through torchrun), ``vit_mnist`` (a small ViT trained on the real digits),
+``macs`` (MAC accounting), ``sparse_exec`` (sparse execution), ``io`` (atomic publishing, provenance),
+``checkpoint``, ``config`` (the typed run config), ``run`` (the staged run behind ``mpprune run`` and
+``mpprune prune``), ``errors`` (bad input / refusal / internal), ``cli``.
 
 ``mpprune`` imports ``mptheory``, never the reverse.
 """
@@ -36,7 +39,7 @@ _LAZY: dict[str, str] = {
     "SEB": "mpprune.methods",
     "SER": "mpprune.methods",
     "Hybrid": "mpprune.methods",
-    "Gate": "mpprune.certify",
+    "Gate": "mpprune.gate",
     "MaskStore": "mpprune.masks",
     "find_layers": "mpprune.layers",
     "save_pruned": "mpprune.checkpoint",

@@ -280,3 +280,51 @@ def test_unreadable_checkpoint_is_bad_input(tmp_path: Path, capsys) -> None:
         assert rc == 2
         assert "cannot load the checkpoint" in capsys.readouterr().err
     assert _tree(tmp_path) == ["ck", "ck/junk.pt"]
+
+
+# ------------------------------------------------------------------------------- bench --speed (audit)
+def _pruned_tiny(tmp_path: Path, sparsity: str = "0.9") -> Path:
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", "tiny-mlp", "--method", "magnitude", "--sparsity", sparsity,
+                 "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_bench_speed_audits_a_pruned_checkpoint(tmp_path):
+    ck = _pruned_tiny(tmp_path)
+    target = tmp_path / "ledger.json"
+    rc = main(["bench", "--speed", str(ck), "--input-shape", "64", "--batch-sizes", "1", "3",
+               "--threads", "1", "--rounds", "1", "--json", str(target), "--quiet"])
+    assert rc == 0
+    doc = json.loads(target.read_text())
+    assert doc["kind"] == "mpprune.sparse_exec.SpeedLedger" and doc["path"] == "cpu"
+    assert doc["environment"]["threads"] == 1 and doc["audit"] == str(ck)
+    assert [row["batch"] for row in doc["model"]] == [1, 3]
+    model, _, _ = load_pruned(ck)
+    pruned = {n.rsplit(".", 1)[0] for n, p in model.named_parameters() if n.endswith("weight")}
+    assert {row["name"] for row in doc["layers"]} <= pruned and doc["layers"]
+    for row in doc["layers"]:  # the ledger's sparsity is the checkpoint's, measured from its tensors
+        w = model.get_submodule(row["name"]).weight
+        assert row["sparsity"] == pytest.approx(float((w == 0).float().mean()), abs=1e-6)
+    for row in doc["model"]:  # the speed-up is the ratio of the medians it reports
+        if row["sparse"] is not None:
+            assert row["speedup"] == pytest.approx(row["dense"]["median"] / row["sparse"]["median"])
+
+
+@pytest.mark.parametrize("extra, named", [
+    ([], "--input-shape"),  # tiny-mlp declares no input size
+    (["--input-shape", "0"], "--input-shape"),
+    (["--input-shape", "64", "--batch-sizes", "0"], "--batch-sizes"),
+    (["--input-shape", "64", "--threads", "0"], "--threads"),
+])
+def test_bench_speed_bad_input_writes_nothing(tmp_path, capsys, extra, named):
+    ck = _pruned_tiny(tmp_path)
+    target = tmp_path / "ledger.json"
+    capsys.readouterr()
+    assert main(["bench", "--speed", str(ck), "--json", str(target), "--quiet", *extra]) == 2
+    assert not target.exists()
+    assert named in capsys.readouterr().err
+
+
+def test_bench_speed_refuses_a_folder_that_is_not_a_checkpoint(tmp_path):
+    assert main(["bench", "--speed", str(tmp_path / "missing"), "--input-shape", "64", "--quiet"]) == 2

@@ -493,8 +493,6 @@ def test_case_11_nan_in_a_bias_or_a_buffer_is_refused(tmp_path: Path, capsys) ->
         check_finite(bn)
 
 
-@pytest.mark.xfail(strict=True, reason="mpprune.methods lies outside the hardening branch: mpp.prune must "
-                                       "call mpprune.models.check_finite on its input (reported)")
 def test_case_11_library_prune_refuses_a_nan_bias() -> None:
     import mpprune as mpp
 

@@ -145,7 +145,8 @@ def prune(
     ``train_data`` (iterable of ``(x, y)``) is used by SER/Hybrid selection. Data with a ``.split``
     attribute other than ``"train"`` is refused. If ``gate`` is given, ``gate.apply(original, pruned,
     masks, calibration)`` is called once; if its result has a ``model`` and/or ``masks`` attribute those
-    replace the pruned ones, and the result is stored in ``report.gate``.
+    replace the pruned ones, and the result is stored in ``report.gate``. A NaN/Inf in any parameter or
+    buffer of ``model`` is :class:`~mpprune.errors.BadInput`.
     """
     _load_builtins()
     if not isinstance(model, nn.Module):
@@ -156,6 +157,9 @@ def prune(
         raise BadInput(f"unknown pruning config {type(config).__name__}; known: {known}")
     check_split(calibration, "calibration")
     check_split(train_data, "train_data")
+    from mpprune.models import check_finite
+
+    check_finite(model)  # every parameter and buffer: a NaN bias would poison the gate and the masks
     original = model
     if inplace and gate is not None:
         original = copy.deepcopy(model)
