@@ -31,7 +31,8 @@ In order, each from the config's section of the same name (:mod:`mpprune.config`
   merging off (``stages/certificate.json``);
 * ``evaluate`` -- top-1 accuracy of the dense and the final model on the val data;
 * ``macs`` -- :func:`mpprune.macs.count_macs` of the dense and the final model (with its ToMe schedule),
-  both conventions, for one input of the calibration (or evaluation) data's shape;
+  both conventions, for one input of the calibration (or evaluation) data's shape (a model the counter
+  cannot trace is recorded as ``unavailable`` with the reason: a report, not a check);
 * ``save`` -- the final checkpoint ``model/``: the prune report, the certificate, and in its manifest the
   evaluation, the MAC counts and the distillation summary.
 
@@ -537,13 +538,16 @@ def _stage_macs(r: Run) -> dict[str, Any]:
     ds = (calibration_dataset if source == data.calib else eval_dataset)(source, r.spec, r.dense())
     shape = tuple(int(d) for d in ds[0][0].shape)
     model = r.current()[0] if r.config.prunes else r.merged(copy.deepcopy(r.dense()))
-    final = count_macs(model, shape)
-    dense = count_macs(r.dense(), shape)
+    try:
+        final = count_macs(model, shape)
+        dense = count_macs(r.dense(), shape)
+    except BadInput as exc:  # a report, not a check: a model the counter cannot trace does not fail the run
+        return {"input_size": list(shape), "unavailable": f"count_macs: {exc}"}
     out = {"input_size": list(shape), "dense_model": dense.to_dict() | {"layers": None},
            "final_model": final.to_dict(), "tome": is_tome_patched(model)}
     for conv, totals in final.totals.items():
         out[conv] = {"dense": dense.dense, "sparse": totals.sparse,
-                     "reduction": 1 - totals.sparse / dense.dense,
+                     "reduction": 1 - totals.sparse / dense.dense if dense.dense else None,
                      "speedup": dense.dense / totals.sparse if totals.sparse else None}
     return out
 
@@ -562,7 +566,7 @@ def _stage_save(r: Run) -> dict[str, Any]:
         ev = None
     macs = results.get("macs")
     extra = {"evaluation": ev, "data": r.state.get("data")}
-    if macs is not None and "skipped" not in macs:
+    if macs is not None and "executed" in macs:
         extra["macs"] = {k: macs[k] for k in ("input_size", "executed", "paper", "tome")}
     dist = results.get("distill")
     if dist is not None and "skipped" not in dist:
