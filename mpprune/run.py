@@ -243,11 +243,11 @@ def run(
     checksums recorded by ``load`` must still match; with ``resume=False`` any previous run there is
     replaced (kept until this run succeeds). A state written for a different config raises
     :class:`~mpprune.errors.BadInput` naming ``state.json``. After each stage ``<out>/state.json`` records
-    the completed stages and their results. Under ``torchrun --nproc_per_node N`` rank 0 runs every stage and
-    writes everything; the other processes join the distillation only (each a share of every global batch,
-    :func:`mpprune.train.fit`) and return. Bad input or a refusal found at any stage (NaN weights, empty
-    calibration data, a failed check) undoes everything this call wrote; an internal error or an interrupt
-    keeps the completed stages, to resume. The folder is locked while the run works; hidden temporaries a
+    the completed stages and their results. Under ``torchrun --nproc_per_node N`` rank 0 runs every stage
+    and writes everything; the other processes join the distillation only (each a share of every global
+    batch, :func:`mpprune.train.fit`) and return (at once without a ``[distill]``). Bad input or a refusal
+    found at any stage (NaN weights, empty calibration data, a failed check) undoes everything this call
+    wrote; an internal error or an interrupt keeps the completed stages, to resume. The folder is locked while the run works; hidden temporaries a
     killed run left there are removed. The final checkpoint goes to ``<out>/model``; ``command`` is the
     command recorded in the outputs (``mpprune prune`` publishes that checkpoint as its own output).
 
@@ -257,6 +257,9 @@ def run(
     from tqdm.auto import tqdm
 
     cfg = _as_config(config).with_out(out)
+    other_rank = int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0
+    if other_rank and cfg.distill is None:
+        return {"follower": True, "completed": []}  # torchrun without a distillation: rank 0 does it all
     job = _torchrun_job(cfg)
     if job is not None and job["rank"] != 0:
         return _follow(cfg, job["id"], command)
