@@ -247,8 +247,8 @@ def run(
     and writes everything; the other processes join the distillation only (each a share of every global
     batch, :func:`mpprune.train.fit`) and return (at once without a ``[distill]``). Bad input or a refusal
     found at any stage (NaN weights, empty calibration data, a failed check) undoes everything this call
-    wrote; an internal error or an interrupt keeps the completed stages, to resume. The folder is locked while the run works; hidden temporaries a
-    killed run left there are removed. The final checkpoint goes to ``<out>/model``; ``command`` is the
+    wrote; an internal error or an interrupt keeps the completed stages, to resume. The folder is locked
+    while the run works; hidden temporaries a killed run left there are removed. The final checkpoint goes to ``<out>/model``; ``command`` is the
     command recorded in the outputs (``mpprune prune`` publishes that checkpoint as its own output).
 
     Returns the final state dict (``completed``, ``results`` and ``seconds`` per stage, the ``data``
