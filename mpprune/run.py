@@ -240,16 +240,17 @@ def run(
     :class:`~mpprune.config.RunConfig`; ``out`` overrides its output directory. Before any work every input
     and the output folder are checked (:func:`dry_run` runs the same checks): the output is new, empty, or a
     previous run of ``command`` -- of the same config, resumed: completed stages are skipped and the input
-    checksums recorded by ``load`` must still match; with ``resume=False`` any previous run there is
-    replaced (kept until this run succeeds). A state written for a different config raises
-    :class:`~mpprune.errors.BadInput` naming ``state.json``. After each stage ``<out>/state.json`` records
-    the completed stages and their results. Under ``torchrun --nproc_per_node N`` rank 0 runs every stage
-    and writes everything; the other processes join the distillation only (each a share of every global
-    batch, :func:`mpprune.train.fit`) and return (at once without a ``[distill]``). Bad input or a refusal
-    found at any stage (NaN weights, empty calibration data, a failed check) undoes everything this call
-    wrote; an internal error or an interrupt keeps the completed stages, to resume. The folder is locked
-    while the run works; hidden temporaries a killed run left there are removed. The final checkpoint goes to ``<out>/model``; ``command`` is the
-    command recorded in the outputs (``mpprune prune`` publishes that checkpoint as its own output).
+    checksums recorded by ``load`` must still match; with ``resume=False`` any previous run there is replaced
+    (kept until this run succeeds). A state written for a different config raises
+    :class:`~mpprune.errors.BadInput` naming ``state.json``. After each stage ``<out>/state.json`` records the
+    completed stages and their results. Under ``torchrun --nproc_per_node N`` rank 0 runs every stage and
+    writes everything; the other processes join the distillation only (each a share of every global batch,
+    :func:`mpprune.train.fit`) and return (at once without a ``[distill]``). Bad input or a refusal found at
+    any stage (NaN weights, empty calibration data, a failed check) undoes everything this call wrote; an
+    internal error or an interrupt keeps the completed stages, to resume. The folder is locked while the run
+    works; hidden temporaries a killed run left there are removed. The final checkpoint goes to
+    ``<out>/model``; ``command`` is the command recorded in the outputs (``mpprune prune`` publishes that
+    checkpoint as its own output).
 
     Returns the final state dict (``completed``, ``results`` and ``seconds`` per stage, the ``data``
     record of :func:`mpprune.data.check_data_discipline`).
