@@ -1,20 +1,32 @@
 """The run config: typed, frozen dataclasses parsed from TOML or JSON (or built from CLI flags).
 
-A run config has these sections (``experiments/*.toml`` holds examples)::
+A run config has these sections (``experiments/**/*.toml`` holds examples)::
 
     out = "out/mnist-seb"          # output directory (``--out`` overrides it)
-    analyze = true                 # optional stages: analyze, certify, evaluate (default true)
+    analyze = true                 # optional stages: analyze, certify, evaluate, macs (default true)
     [model]                        # ModelConfig
     name = "mnist-cnn"             # a registered model (mpprune.models.MODELS) or a timm name
     checkpoint = "weights.pth"     # optional local file; num_classes, [model.kwargs] optional
-    [method]                       # MethodConfig (optional: without it only load and analyze run)
+    [method]                       # MethodConfig (optional: without it and [kn] only load and analyze run)
     name = "seb"                   # a registered method (mpprune.methods.api.method_names())
     sparsity = 0.5                 # and any field of the method's config dataclass, e.g. strength = 1.0
     [data]                         # DataConfig (optional)
     calib = "mnist"                # TRAIN data: a built-in data set or an ImageFolder directory
     n_calib = 1000                 # batch_size = 64, seed = 0, eval = <val source>, n_eval
-    [gate]                         # keyword arguments of mpprune.certify.Gate (optional; needs data.calib)
+    [gate]                         # keyword arguments of mpprune.gate.Gate (optional; needs data.calib)
     min_certified = 0.99
+    [kn]                           # KnConfig: k:n on top of the prune stage's masks (mpprune.methods.NM)
+    pattern = "2:4"                # and any field of NM but source (the prune masks, or dense without
+    cost = "certificate"           # a [method]); layers = ["blocks.*.mlp.*"]: glob patterns of the layers
+    [tome]                         # ToMeConfig: token merging (mpprune.tome.apply_tome) from here on
+    r = 2                          # tokens per block (or a list, one per block); inflection, prop_attn
+    [distill]                      # DistillConfig: frozen-mask distillation on the TRAIN split of data.calib
+    epochs = 3                     # and any field of mpprune.distill.DistillRecipe; checkpoint_every (steps),
+    checkpoint_every = 500         # n_train (a stratified subset), augment (timm's training transforms)
+
+The stages run in the order of :data:`mpprune.stages.STAGES`, each only with its section. A ``[distill]``
+needs a ``[method]`` or ``[kn]`` and ``data.calib``; ``[kn]`` (until ``mpprune.methods.NM`` exists: bad
+input) is validated with the prune masks as its source when there is a ``[method]``.
 
 Every list of allowed names comes from its registry (models, methods, the fields of the method's config
 dataclass, the parameters of ``Gate``), and every value is checked against the type its dataclass field or
@@ -25,16 +37,13 @@ naming the bad key and listing the allowed ones with their types, at parse time,
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
 import inspect
 import json
-import types
-import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any
 
 from mpprune.data import (
     DEFAULT_CALIB_BATCH_SIZE,
@@ -45,10 +54,21 @@ from mpprune.data import (
 )
 from mpprune.errors import BadInput
 from mpprune.models import MODELS, default_checkpoint, model_spec
+from mpprune.options import boolean as _bool
+from mpprune.options import check_keys as _check_keys
+from mpprune.options import check_option_types, option_types
+from mpprune.options import integer as _int
+from mpprune.options import string as _str
+from mpprune.options import table as _table
+from mpprune.options import tuples as _tuples
 
 __all__ = [
     "ModelConfig",
     "MethodConfig",
+    "KnConfig",
+    "ToMeConfig",
+    "DistillConfig",
+    "nm_class",
     "DataConfig",
     "RunConfig",
     "OPTIONAL_STAGES",
@@ -66,134 +86,8 @@ __all__ = [
 #: Lower bounds of integer gate options that ``Gate`` itself does not check (a grid needs both ends).
 GATE_MINIMUMS = {"n_theta": 2}
 
-#: Stages a config may switch off (``analyze = false``); load, prune and save always run (prune and
-#: save only with a ``[method]``).
-OPTIONAL_STAGES = ("analyze", "certify", "evaluate")
-
-
-# ------------------------------------------------------------------------------------------- helpers
-def _check_keys(table: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
-    unknown = sorted(set(table) - set(allowed))
-    if unknown:
-        raise BadInput(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {unknown}; "
-                       f"allowed: {', '.join(allowed)}")
-
-
-def _table(obj: Any, where: str) -> dict[str, Any]:
-    if not isinstance(obj, Mapping):
-        raise BadInput(f"{where} must be a table/object, got {type(obj).__name__}")
-    return dict(obj)
-
-
-def _int(v: Any, where: str, lo: int | None = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise BadInput(f"{where} must be an integer, got {v!r}")
-    if lo is not None and v < lo:
-        raise BadInput(f"{where} must be >= {lo}, got {v}")
-    return v
-
-
-def _str(v: Any, where: str) -> str:
-    if not isinstance(v, str) or not v:
-        raise BadInput(f"{where} must be a non-empty string, got {v!r}")
-    return v
-
-
-def _bool(v: Any, where: str) -> bool:
-    if not isinstance(v, bool):
-        raise BadInput(f"{where} must be true or false, got {v!r}")
-    return v
-
-
-def _describe(hint: Any) -> str:
-    """A short reader's name of a type hint: ``a number``, ``an integer``, ``true or false``, ``a:b``, ..."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    simple = {float: "a number", int: "an integer", bool: "true or false", str: "a string",
-              type(None): "none"}
-    if hint in simple:
-        return simple[hint]
-    if hint is None:
-        return "none"
-    if origin in (Union, types.UnionType):
-        return " or ".join(dict.fromkeys(_describe(a) for a in args))
-    if origin is Literal:
-        return " | ".join(repr(a) for a in args)
-    if origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_describe(args[0]).split(' ', 1)[-1]}s"
-        return "a pair " + ":".join(_describe(a).split(" ", 1)[-1] for a in args)
-    if origin in (list, collections.abc.Sequence):
-        return f"a list of {_describe(args[0]).split(' ', 1)[-1] if args else 'value'}s"
-    if origin is collections.abc.Callable:
-        return "a function"
-    return getattr(hint, "__name__", str(hint))
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    """Whether ``value`` (a parsed TOML/JSON/flag value, lists already tuples) has the type ``hint``;
-    hints this does not know accept anything (the config class validates those itself)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any or hint is object:
-        return True
-    if hint is None or hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin in (Union, types.UnionType):
-        return any(_matches(value, a) for a in args)
-    if origin is Literal:
-        return any(value == a and type(value) is type(a) for a in args)
-    if origin is tuple:
-        if not isinstance(value, (tuple, list)):
-            return False
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_matches(v, args[0]) for v in value)
-        return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
-    if origin in (list, collections.abc.Sequence):
-        return isinstance(value, (tuple, list)) and all(_matches(v, args[0]) for v in value if args)
-    if origin is collections.abc.Callable:
-        return callable(value)
-    if origin in (dict, collections.abc.Mapping):
-        return isinstance(value, Mapping)
-    return True
-
-
-def option_types(obj: type | Callable[..., Any]) -> dict[str, Any]:
-    """Option name → type hint of a config dataclass's fields, or of a builder's keyword parameters."""
-    hints = typing.get_type_hints(obj)
-    if dataclasses.is_dataclass(obj):
-        return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(obj)}
-    params = inspect.signature(obj).parameters.values()
-    return {p.name: hints.get(p.name, Any) for p in params
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "checkpoint"}
-
-
-def check_option_types(options: Mapping[str, Any], hints: Mapping[str, Any], where: str,
-                       minimums: Mapping[str, int] | None = None) -> None:
-    """Refuse (:class:`BadInput`) an unknown key or a value whose type is not the declared one, listing
-    every allowed key with its type; integers below ``minimums`` are refused too."""
-    allowed = ", ".join(f"{k} ({_describe(h)})" for k, h in hints.items())
-    unknown = sorted(set(options) - set(hints))
-    if unknown:
-        raise BadInput(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {unknown}; allowed: {allowed}")
-    for key, value in options.items():
-        if not _matches(value, hints[key]):
-            raise BadInput(f"{where}: {key} must be {_describe(hints[key])}, got {value!r}; "
-                           f"allowed: {allowed}")
-        low = (minimums or {}).get(key)
-        if low is not None and isinstance(value, int) and value < low:
-            raise BadInput(f"{where}: {key} must be >= {low}, got {value}")
-
-
-def _tuples(v: Any) -> Any:
-    """TOML/JSON lists become tuples (the config dataclasses are frozen and hashable-minded)."""
-    return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
+#: Stages a config may switch off (``analyze = false``); the others run when their section is given.
+OPTIONAL_STAGES = ("analyze", "certify", "evaluate", "macs")
 
 
 # -------------------------------------------------------------------------------------------- method
@@ -433,6 +327,155 @@ def parse_gate(text: str) -> dict[str, Any]:
     return out
 
 
+
+# ----------------------------------------------------------------------------------- k:n, ToMe, distill
+def nm_class() -> type:
+    """``mpprune.methods.NM``; :class:`BadInput` saying so when this mpprune has no k:n method yet."""
+    try:
+        from mpprune.methods import NM  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise BadInput("[kn] needs mpprune.methods.NM (certificate-aware k:n), which this installation of "
+                       "mpprune does not have") from exc
+    return NM  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class KnConfig:
+    """``[kn]``: the options of :class:`mpprune.methods.NM` except ``source`` (the run passes the prune
+    stage's masks, or None -- a dense source -- without a ``[method]``), and ``layers``: glob patterns
+    (:func:`fnmatch.fnmatch`) of the layer names to project, resolved against the model into NM's
+    ``include`` (not both)."""
+
+    options: Mapping[str, Any] = field(default_factory=dict)
+    layers: tuple[str, ...] | None = None
+
+    def build(self, source: Any = None, include: Any = None) -> Any:
+        """``NM(**options, source=source)`` (with ``include`` when given)."""
+        kwargs = {k: _tuples(v) for k, v in self.options.items()}
+        if include is not None:
+            kwargs["include"] = tuple(include)
+        try:
+            return nm_class()(**kwargs, source=source)
+        except BadInput:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise BadInput(f"[kn]: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.options) | ({} if self.layers is None else {"layers": list(self.layers)})
+
+    @classmethod
+    def parse(cls, table: Any, where: str = "[kn]") -> KnConfig:
+        t = {k: _tuples(v) for k, v in _table(table, where).items()}
+        hints = {k: h for k, h in option_types(nm_class()).items() if k != "source"}
+        layers = t.pop("layers", None)
+        if layers is not None:
+            if isinstance(layers, str):
+                layers = (layers,)
+            ok = isinstance(layers, tuple) and layers and all(isinstance(x, str) and x for x in layers)
+            if not ok:
+                raise BadInput(f"{where} layers must be a list of glob patterns of layer names, "
+                               f"got {layers!r}")
+            if "include" in t:
+                raise BadInput(f"{where}: give layers (glob patterns) or include (exact names), not both")
+        check_option_types(t, hints, where)
+        return cls(options=t, layers=layers)  # built (validated) by parse_config, which knows the source
+
+
+@dataclass(frozen=True)
+class ToMeConfig:
+    """``[tome]``: ``r`` tokens merged per block (an integer, or a list with one per block), an optional
+    ``inflection`` in [-1, 1] making an integer ``r`` a ramp (:func:`mpprune.tome.resolve_r`) and
+    ``prop_attn`` (proportional attention, default true)."""
+
+    r: int | tuple[int, ...]
+    inflection: float | None = None
+    prop_attn: bool = True
+
+    KEYS = ("r", "inflection", "prop_attn")
+
+    def schedule(self) -> Any:
+        """The ``r`` argument of :func:`mpprune.tome.apply_tome`."""
+        if isinstance(self.r, tuple):
+            return list(self.r)
+        return self.r if self.inflection is None else (self.r, float(self.inflection))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"r": list(self.r) if isinstance(self.r, tuple) else self.r, "inflection": self.inflection,
+                "prop_attn": self.prop_attn}
+
+    @classmethod
+    def parse(cls, table: Any, where: str = "[tome]") -> ToMeConfig:
+        t = {k: _tuples(v) for k, v in _table(table, where).items()}
+        _check_keys(t, cls.KEYS, where)
+        if "r" not in t:
+            raise BadInput(f"{where} needs r (tokens merged per block)")
+        r = t["r"]
+        if isinstance(r, tuple):
+            for x in r:
+                _int(x, f"{where} r[...]", 0)
+        else:
+            _int(r, f"{where} r", 0)
+        inflection = t.get("inflection")
+        if inflection is not None:
+            number = isinstance(inflection, (int, float)) and not isinstance(inflection, bool)
+            if not number or not -1 <= inflection <= 1:
+                raise BadInput(f"{where} inflection must be a number in [-1, 1], got {inflection!r}")
+            if isinstance(r, tuple):
+                raise BadInput(f"{where}: inflection applies to an integer r, not to a list")
+        return cls(r=r, inflection=None if inflection is None else float(inflection),
+                   prop_attn=_bool(t.get("prop_attn", True), f"{where} prop_attn"))
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """``[distill]``: the fields of :class:`mpprune.distill.DistillRecipe` (``recipe``), a training state
+    written every ``checkpoint_every`` optimiser steps (and at the end) inside the run folder, ``n_train``
+    training items (a seeded stratified subset of the TRAIN split; None: all) and ``augment`` (timm's
+    training transforms with RandAugment m9-mstd0.5, random erasing 0.25, flips and colour jitter,
+    :data:`mpprune.stages.TRAIN_AUGMENTATION`, for the ImageFolder data of a timm model; built-in data
+    are used as they are)."""
+
+    recipe: Mapping[str, Any] = field(default_factory=dict)
+    checkpoint_every: int = 500
+    n_train: int | None = None
+    augment: bool = True
+
+    KEYS = ("checkpoint_every", "n_train", "augment")
+
+    def build(self) -> Any:
+        """The :class:`~mpprune.distill.DistillRecipe`."""
+        from mpprune.distill import DistillRecipe
+
+        try:
+            return DistillRecipe(**{k: _tuples(v) for k, v in self.recipe.items()})
+        except BadInput:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise BadInput(f"[distill]: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.recipe) | {"checkpoint_every": self.checkpoint_every, "n_train": self.n_train,
+                                    "augment": self.augment}
+
+    @classmethod
+    def parse(cls, table: Any, where: str = "[distill]") -> DistillConfig:
+        from mpprune.distill import DistillRecipe
+
+        t = {k: _tuples(v) for k, v in _table(table, where).items()}
+        own = {k: t.pop(k) for k in cls.KEYS if k in t}
+        hints = option_types(DistillRecipe)
+        check_option_types(t, hints | {"checkpoint_every": int, "n_train": int | None, "augment": bool},
+                           where)
+        n_train = own.get("n_train")
+        every = _int(own.get("checkpoint_every", 500), f"{where} checkpoint_every", 1)
+        cfg = cls(recipe=t, checkpoint_every=every,
+                  n_train=None if n_train is None else _int(n_train, f"{where} n_train", 1),
+                  augment=_bool(own.get("augment", True), f"{where} augment"))
+        cfg.build()
+        return cfg
+
+
 # ----------------------------------------------------------------------------------------------- run
 @dataclass(frozen=True)
 class RunConfig:
@@ -442,12 +485,21 @@ class RunConfig:
     method: MethodConfig | None = None
     data: DataConfig | None = None
     gate: Mapping[str, Any] | None = None
+    kn: KnConfig | None = None
+    tome: ToMeConfig | None = None
+    distill: DistillConfig | None = None
     out: str | None = None
     analyze: bool = True
     certify: bool = True
     evaluate: bool = True
+    macs: bool = True
 
-    KEYS = ("out", "model", "method", "data", "gate", *OPTIONAL_STAGES)
+    KEYS = ("out", "model", "method", "data", "gate", "kn", "tome", "distill", *OPTIONAL_STAGES)
+
+    @property
+    def prunes(self) -> bool:
+        """Whether a stage of this run changes the weights by pruning (a ``[method]`` or a ``[kn]``)."""
+        return self.method is not None or self.kn is not None
 
     def with_out(self, out: str | Path | None) -> RunConfig:
         """This config with another output directory (unchanged when ``out`` is None)."""
@@ -475,6 +527,8 @@ class RunConfig:
             "method": None if self.method is None else self.method.to_dict(),
             "data": None if self.data is None else self.data.to_dict(),
             "gate": None if self.gate is None else {k: _tuples(v) for k, v in self.gate.items()},
+            **{name: None if sec is None else sec.to_dict()
+               for name, sec in (("kn", self.kn), ("tome", self.tome), ("distill", self.distill))},
             **{s: getattr(self, s) for s in OPTIONAL_STAGES},
         }
 
@@ -492,11 +546,23 @@ def parse_config(obj: Any, where: str = "config") -> RunConfig:
     model = ModelConfig.parse(cfg["model"], f"{where} [model]")
     method = None if cfg.get("method") is None else MethodConfig.parse(cfg["method"], f"{where} [method]")
     data = None if cfg.get("data") is None else DataConfig.parse(cfg["data"], f"{where} [data]")
+    kn = None if cfg.get("kn") is None else KnConfig.parse(cfg["kn"], f"{where} [kn]")
+    tome = None if cfg.get("tome") is None else ToMeConfig.parse(cfg["tome"], f"{where} [tome]")
+    distill = (None if cfg.get("distill") is None
+               else DistillConfig.parse(cfg["distill"], f"{where} [distill]"))
+    prunes = method is not None or kn is not None
+    if distill is not None and not prunes:
+        raise BadInput(f"{where}: [distill] fine-tunes a pruned model: give a [method] or a [kn]")
+    if distill is not None and (data is None or data.calib is None):
+        raise BadInput(f"{where}: [distill] trains on the TRAIN split of 'data.calib': give it")
+    nm = None if kn is None else kn.build(source={} if method is not None else None)  # validate now
+    if nm is not None and nm.needs_calibration and (data is None or data.calib is None):
+        raise BadInput(f"{where}: [kn] with cost {nm.cost!r} reads calibration data: give 'data.calib'")
     gate = cfg.get("gate")
     if gate is not None:
         gate = _table(gate, f"{where} [gate]")
-        if method is None:
-            raise BadInput(f"{where}: a [gate] needs a [method] to gate")
+        if not prunes:
+            raise BadInput(f"{where}: a [gate] needs a [method] or a [kn] to gate")
         if data is None or data.calib is None:
             raise BadInput(f"{where}: a gate needs calibration data ('data.calib')")
         make_gate(gate)
@@ -504,7 +570,7 @@ def parse_config(obj: Any, where: str = "config") -> RunConfig:
         raise BadInput(f"{where}: method {method.name} selects with training data: give 'data.calib'")
     out = cfg.get("out")
     return RunConfig(
-        model=model, method=method, data=data, gate=gate,
+        model=model, method=method, data=data, gate=gate, kn=kn, tome=tome, distill=distill,
         out=None if out is None else _str(out, f"{where} out"),
         **{s: _bool(cfg.get(s, True), f"{where} {s}") for s in OPTIONAL_STAGES},
     )

