@@ -307,7 +307,7 @@ def test_registry_is_the_one_list_of_models(capsys):
     from mpprune.models import MODELS, assets, model_names
 
     assert model_names() == tuple(MODELS) == ("mnist-cnn", "efficientnet-lite0", "minilm", "tiny-mlp",
-                                              "tiny-cnn")
+                                              "tiny-cnn", "vit-mnist")
     assert set(assets()) == {"mnist-cnn", "efficientnet-lite0", "minilm", "mnist-5k"}
     assert asset_path("mnist_cnn") == asset_path("mnist-cnn") == MODELS["mnist-cnn"].asset.locate()
     main(["prune", "--help"])

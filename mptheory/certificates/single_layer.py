@@ -398,7 +398,8 @@ def stationarity(
     hs: Sequence[float] = (1e-6, 1e-3, 0.1, 0.5, 1.0),
     xatol: float = 1e-10,
 ) -> StationarityResult:
-    """D9 via the 1-D minimiser rescaling (scipy.optimize.minimize_scalar, bounded on [0, 2])."""
+    """D9 via the 1-D minimiser rescaling (scipy.optimize.minimize_scalar, bounded on [0, 2]; when a 41-point
+    grid finds a lower basin, the minimiser is refined inside that grid point's bracket)."""
     if not dec.is_mask:
         raise ValueError("stationarity needs a mask decomposition (S ⊙ R = 0)")
     net.with_decomposition_check(dec)
@@ -410,8 +411,11 @@ def stationarity(
     ts = float(opt.x)
     grid = np.linspace(0.0, 2.0, 41)
     fg = np.array([f_raw(t) for t in grid])
-    if fg.min() < opt.fun:
-        ts = float(grid[int(np.argmin(fg))])
+    if fg.min() < opt.fun:  # another basin: refine inside the grid minimum's bracket (a grid point alone
+        i = int(np.argmin(fg))  # is not a minimiser, and D9 needs theta = 1 to minimise on [0, 1])
+        lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]
+        ref = minimize_scalar(f_raw, bounds=(lo, hi), method="bounded", options={"xatol": xatol})
+        ts = float(ref.x) if ref.fun <= fg[i] else float(grid[i])
     dec2 = dec.scaled(ts)
     net2 = SplitNetwork(net.psi1, dec2.A, net.tail, net.labels, net.bias)
     L = lipschitz_bounds(net2, dec2, method).scaled(lipschitz_scale)
