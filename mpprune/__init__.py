@@ -16,8 +16,9 @@ Modules: ``models`` (the model registry), ``data`` (datasets, calibration, accur
 engine), ``gate`` (the hard gate on certificates), ``tome`` (token merging), ``train`` and ``distill``
 (frozen-mask distillation, DDP through torchrun), ``vit_mnist`` (a small ViT trained on the real digits),
 ``macs`` (MAC accounting), ``sparse_exec`` (sparse execution), ``io`` (atomic publishing, provenance),
-``checkpoint``, ``config`` (the typed run config), ``run`` (the staged run behind ``mpprune run`` and
-``mpprune prune``), ``errors`` (bad input / refusal / internal), ``cli``.
+``checkpoint``, ``config`` (the typed run config; ``options`` its option types), ``run`` (the staged run
+behind ``mpprune run`` and ``mpprune prune``; ``stages`` its stage functions), ``errors`` (bad input /
+refusal / internal), ``cli``.
 
 ``mpprune`` imports ``mptheory``, never the reverse.
 """

@@ -19,6 +19,7 @@ load, prune, evaluate, save) and publishes the run's final checkpoint as ``--out
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -51,7 +52,9 @@ DEMO_SUMMARY_FILE = "demo_summary.json"  # written by mpprune.demo.run_demo
 # -------------------------------------------------------------------------------------------- helpers
 def _emit_json(args: argparse.Namespace, target: Path | None, payload: dict[str, Any]) -> None:
     """Print ``payload`` for ``--json -``, or write it with its output record to ``target`` (validated by
-    :func:`_json_target` before the work)."""
+    :func:`_json_target` before the work); under ``torchrun`` only rank 0 does."""
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports and writes
+        return
     if args.json == "-":
         print(dumps_json(payload), end="")
     elif target is not None:

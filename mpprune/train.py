@@ -356,7 +356,7 @@ def _fingerprint(model: nn.Module, masks: MaskStore | None, recipe: Recipe, n_it
         h.update(f"{name}:{tuple(p.shape)}:{p.dtype}\n".encode())
     m = hashlib.sha256()
     if masks is not None:
-        for name, _, mask in masks.entries():
+        for name, _, mask in sorted(masks.entries(), key=lambda e: e[0]):  # a reloaded store's order varies
             m.update(name.encode())
             m.update(mask.detach().cpu().numpy().tobytes())
     return jsonable({
