@@ -434,14 +434,17 @@ class DistillConfig:
     training items (a seeded stratified subset of the TRAIN split; None: all) and ``augment`` (timm's
     training transforms with RandAugment m9-mstd0.5, random erasing 0.25, flips and colour jitter,
     :data:`mpprune.stages.TRAIN_AUGMENTATION`, for the ImageFolder data of a timm model; built-in data
-    are used as they are)."""
+    are used as they are). ``bn_batches`` > 0: after distillation, the BatchNorm statistics are
+    re-estimated (:func:`mpprune.distill.reestimate_batchnorm`) on that many batches of the same training
+    data, in order (0: not done)."""
 
     recipe: Mapping[str, Any] = field(default_factory=dict)
     checkpoint_every: int = 500
     n_train: int | None = None
     augment: bool = True
+    bn_batches: int = 0
 
-    KEYS = ("checkpoint_every", "n_train", "augment")
+    KEYS = ("checkpoint_every", "n_train", "augment", "bn_batches")
 
     def build(self) -> Any:
         """The :class:`~mpprune.distill.DistillRecipe`."""
@@ -456,7 +459,7 @@ class DistillConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.recipe) | {"checkpoint_every": self.checkpoint_every, "n_train": self.n_train,
-                                    "augment": self.augment}
+                                    "augment": self.augment, "bn_batches": self.bn_batches}
 
     @classmethod
     def parse(cls, table: Any, where: str = "[distill]") -> DistillConfig:
@@ -465,13 +468,14 @@ class DistillConfig:
         t = {k: _tuples(v) for k, v in _table(table, where).items()}
         own = {k: t.pop(k) for k in cls.KEYS if k in t}
         hints = option_types(DistillRecipe)
-        check_option_types(t, hints | {"checkpoint_every": int, "n_train": int | None, "augment": bool},
-                           where)
+        check_option_types(t, hints | {"checkpoint_every": int, "n_train": int | None, "augment": bool,
+                                       "bn_batches": int}, where)
         n_train = own.get("n_train")
         every = _int(own.get("checkpoint_every", 500), f"{where} checkpoint_every", 1)
         cfg = cls(recipe=t, checkpoint_every=every,
                   n_train=None if n_train is None else _int(n_train, f"{where} n_train", 1),
-                  augment=_bool(own.get("augment", True), f"{where} augment"))
+                  augment=_bool(own.get("augment", True), f"{where} augment"),
+                  bn_batches=_int(own.get("bn_batches", 0), f"{where} bn_batches", 0))
         cfg.build()
         return cfg
 

@@ -479,10 +479,16 @@ def _stage_distill(r: Run) -> dict[str, Any]:
                     checkpoint_every=dcfg.checkpoint_every, progress=r.progress)
     res.model.cpu()  # the later stages (and the teacher, moved to the training device) work on the CPU
     r.dense().cpu()
+    bn = 0
+    if dcfg.bn_batches:  # its own step, on the same training data in order (every process alike)
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(train, batch_size=dcfg.build().batch_size, shuffle=False)
+        bn = D.reestimate_batchnorm(res.model, loader, max_batches=dcfg.bn_batches)
     if follower:  # a torchrun process other than rank 0 writes nothing
-        return {"fit": res.to_dict(), "n_train": len(train)}
+        return {"fit": res.to_dict(), "n_train": len(train), "bn_reestimated": bn}
     where = r.save_weights("distill", res.model, masks.bind(res.model), report)
-    return {"fit": res.to_dict(), "n_train": len(train), "checkpoint": where,
+    return {"fit": res.to_dict(), "n_train": len(train), "bn_reestimated": bn, "checkpoint": where,
             "train_state": str(Path("stages") / "distill" / TRAIN_STATE_FILE)}
 
 

@@ -247,3 +247,55 @@ n_eval = 200
     a, b = _weights(tmp_path / "one" / "model"), _weights(tmp_path / "two" / "model")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------- BatchNorm re-estimation as its own step
+def _bn_cnn(checkpoint: str | None = None, seed: int = 0) -> nn.Module:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Conv2d(1, 4, 5, stride=3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(4 * 8 * 8, 10)).eval()
+
+
+def test_distill_reestimates_batchnorm_on_the_training_data(tmp_path, monkeypatch):
+    from mpprune.data import mnist_digits
+
+    monkeypatch.setitem(MODELS, "bn-cnn", ModelEntry(
+        name="bn-cnn", description="test only", load=_bn_cnn, architecture=_bn_cnn,
+        transform=MODELS["mnist-cnn"].transform, mean=(MNIST_MEAN,), std=(MNIST_STD,), num_classes=10))
+    cfg = tmp_path / "bn.toml"
+    cfg.write_text(f"""
+out = "{tmp_path / 'run'}"
+analyze = false
+certify = false
+evaluate = false
+macs = false
+[model]
+name = "bn-cnn"
+[method]
+name = "magnitude"
+sparsity = 0.3
+[distill]
+epochs = 1
+batch_size = 400
+lr = 1e-3
+warmup_steps = 1
+checkpoint_every = 100
+bn_batches = 10
+[data]
+calib = "mnist"
+n_calib = 16
+batch_size = 16
+""")
+    res = R.run(cfg, progress=False)["results"]
+    assert res["distill"]["bn_reestimated"] == 1
+    model, _, _ = load_pruned(tmp_path / "run" / "stages" / "distill" / "model")
+    # 10 batches of 400 = the 4,000 training digits; torch's cumulative average of the batch means is then
+    # the mean of the BatchNorm's input over all of them, whatever their order (computed here directly)
+    train = mnist_digits("train")
+    x = torch.stack([train[i][0] for i in range(len(train))])
+    assert x.shape[0] == 4000
+    with torch.no_grad():
+        want = model[0](x).mean(dim=(0, 2, 3))
+    torch.testing.assert_close(model[1].running_mean, want, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(model[1].running_var, torch.ones(4))
