@@ -105,11 +105,14 @@ class TaylorTail:
                 raise UnsupportedTailOp(f"layer {seg.name!r} is called more than once per forward pass")
             self._seed(mode, state["psi1"], out, mt, dt)
 
-        def done(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        def done(mod: nn.Module, args: tuple[Any, ...], out: Any) -> Any:
             z = logits_of(out)
             x = mode.get(z)
             state["z"] = Taylor.constant(z, self.order) if x is None else x
             mode.active = False
+            # the centres may be +-inf/NaN where an enclosure blew up (the bound is then +inf); the segment's
+            # own logits check must not read that as bad input
+            return torch.zeros_like(out) if isinstance(out, torch.Tensor) else None
 
         handles = [
             seg.layer.register_forward_pre_hook(pre),
