@@ -431,7 +431,13 @@ def test_taylor_coefficients_and_global_derivative_bounds(name):
 
 
 def _random_model(
-    g: torch.Generator, shape: tuple[int, ...], K: int, offset: float = 0.0, spread: float = 1.0
+    g: torch.Generator,
+    shape: tuple[int, ...],
+    K: int,
+    offset: float = 0.0,
+    spread: float = 1.0,
+    rv_scale: float = 1e-3,
+    rd_scale: float = 1e-2,
 ):
     """A random Taylor model and one function it encloses: ``P(t) + e(t)`` with the adversarial remainder
     ``e(t) = rv cos(w t + phi)``, ``w = rd / rv`` (so ``|e| <= rv`` and ``|e'| <= rd`` are both attained)."""
@@ -440,8 +446,8 @@ def _random_model(
         return scale * torch.randn(shape, generator=g, dtype=torch.float64)
 
     coef = [offset + spread * rnd(1.0)] + [rnd(0.3**j * spread) for j in range(1, K + 1)]
-    rv = 1e-3 * torch.rand(shape, generator=g, dtype=torch.float64)
-    rd = 1e-2 * torch.rand(shape, generator=g, dtype=torch.float64)
+    rv = rv_scale * torch.rand(shape, generator=g, dtype=torch.float64)
+    rd = rd_scale * torch.rand(shape, generator=g, dtype=torch.float64)
     phi = 6.3 * torch.rand(shape, generator=g, dtype=torch.float64)
 
     def fn(t: torch.Tensor) -> torch.Tensor:
@@ -476,9 +482,12 @@ def test_every_rule_encloses_its_function(seed):
     w = torch.randn(4, generator=g, dtype=torch.float64)
     mask = torch.rand(3, 3, generator=g) > 0.3
     mask[:, 0] = True
+    # a large, nearly constant remainder: its effect on the slope goes through f'' (the M_2 rv n_1 term)
+    X2 = _random_model(g, (2, 3, 4), K, rv_scale=5e-2, rd_scale=1e-5)
     for name in ("gelu", "silu", "sigmoid", "tanh", "erf", "exp"):
-        _check_rule(lambda a, n=name: tm.smooth(a, tm.FUNCTIONS[n]), getattr(torch, name, None) or
-                    {"gelu": F.gelu, "silu": F.silu}[name], [X], name)  # fmt: skip
+        for inp in (X, X2):
+            _check_rule(lambda a, n=name: tm.smooth(a, tm.FUNCTIONS[n]), getattr(torch, name, None) or
+                        {"gelu": F.gelu, "silu": F.silu}[name], [inp], name)  # fmt: skip
     for name, fn in (("reciprocal", torch.reciprocal), ("rsqrt", torch.rsqrt), ("sqrt", torch.sqrt)):
         _check_rule(lambda a, n=name: tm.smooth(a, tm.FUNCTIONS[n]), fn, [P], name)
     checks = [

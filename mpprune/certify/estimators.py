@@ -27,7 +27,7 @@ implements four of them on real models (:data:`ENGINE_ESTIMATORS`):
   -- the realised ``||z(1) - z(0)||_inf`` or the exact slope at a midpoint -- reaches ``margin / 2``). All
   open pieces of all samples are bounded together in batches. The budget (pieces no shorter than
   ``2^-max_depth``, at most ``max_evals`` piece evaluations per sample of a batch on average; a piece still
-  unbounded at depth 6 ends its sample's refinement) ends the refinement; a sample still open then keeps its
+  unbounded at depth 5 ends its sample's refinement) ends the refinement; a sample still open then keeps its
   sound bound (not certified) and the notes say how many.
   ``eta_s`` is always the largest bound over the final pieces: sound whatever the verdict.
 * ``"segment_max_slope"`` (ESTIMATE, ``sound=False``): the largest ``||dz/dtheta||_inf`` on a 20-point theta
@@ -100,7 +100,7 @@ TAYLOR_MAX_EVALS = 64
 _SPLITS_PER_ROUND = 4
 # a sample with a piece still unbounded (+inf) at this depth is left open: the blow-up is the rounding error
 # amplified through a deep tail, which shorter pieces do not cure (measured on a 4-block ViT)
-_GIVE_UP_DEPTH = 6
+_GIVE_UP_DEPTH = 5
 
 
 class ProbeBudgetExceeded(LimitExceeded):

@@ -23,7 +23,8 @@ The rules, each a theorem about such enclosures (``||P|| = sum_j |p_j|`` bounds 
   products are bounded by ``sum_{j>K} |c_j|``, ``||P|| rv_y``, ... and their slopes by the product rule.
 * **smooth elementwise maps** ``f`` (GELU in erf and tanh form, SiLU, sigmoid, tanh, erf, exp, powers
   ``x^p`` -- 1/x, 1/sqrt(x), sqrt(x)): with ``x = p_0 + D(t)``, ``f(x) = sum_{j<=K} f^(j)(p_0)/j! D^j + R``
-  (Horner in Taylor-model arithmetic) and Lagrange's remainder ``|R| <= M h^(K+1)/(K+1)!``,
+  (a power series truncated at degree K, the rest bounded termwise) and Lagrange's remainder
+  ``|R| <= M h^(K+1)/(K+1)!``,
   ``|R'| <= M h^K h_1 / K!`` with ``h >= |D|``, ``h_1 >= |D'|`` and ``M >= sup |f^(K+1)|`` over the hull
   ``p_0 +- h``: a global constant for the bounded maps (:data:`SUP_DERIV`, checked in the tests), the worse
   end of the hull for exp and the powers.
@@ -332,27 +333,81 @@ class Elementwise:
     floor: float = 1.0
 
 
+#: the degrees above K whose coefficients the smooth rule computes (rather than bounds) before truncating
+_EXTRA_DEGREES = 2
+
+
+def _trunc_mul(P: list[Tensor | None], Q: list[Tensor | None], L: int) -> list[Tensor | None]:
+    """The coefficients of degree <= L of the product of two polynomials (elementwise; None = 0)."""
+    out: list[Tensor | None] = []
+    for m in range(L + 1):
+        c = None
+        for i in range(max(0, m - len(Q) + 1), min(m, len(P) - 1) + 1):
+            p, q = P[i], Q[m - i]
+            if p is not None and q is not None:
+                c = p * q if c is None else c + p * q
+        out.append(c)
+    return out
+
+
 def smooth(x: Taylor, f: Elementwise) -> Taylor:
-    """``f(x)`` elementwise: Horner's scheme in Taylor-model arithmetic plus Lagrange's remainder."""
+    """``f(x)`` elementwise, for ``x = a + P~(t) + e(t)`` (``P~`` the polynomial part without its constant,
+    ``|P~| <= n``, ``|P~'| <= n_1``; ``e`` the remainder, ``|e| <= rv``, ``|e'| <= rd``).
+
+    The result is the power series ``sum_{j<=K} d_j [P~^j]_{<=K}`` (``d_j = f^(j)(a)/j!``, truncated at
+    degree K) and a remainder made of three parts, each bounded with its slope:
+
+    * the input remainder: ``|f(a + P~ + e) - f(a + P~)| <= (|f'(a)| + M_2 h) rv`` (mean value theorem;
+      ``h = n + rv`` is the hull's radius, ``M_2 >= sup |f''|`` over the hull), slope
+      ``<= M_2 rv n_1 + (|f'(a)| + M_2 h) rd``;
+    * Lagrange's remainder at ``a + P~``: ``<= M n^(K+1)/(K+1)!``, slope ``<= M n^K n_1/K!``
+      (``M >= sup |f^(K+1)|`` over the hull);
+    * the degree > K part of each ``P~^j``: at most that of ``|P~|^j`` (the polynomial of absolute values),
+      ``n^j - sum_{m<=K} [|P~|^j]_m``, slope ``j n^(j-1) n_1 - sum_m m [|P~|^j]_m``;
+
+    plus the errors of the computed ``d_j`` and the rounding of the power series."""
     K = x.order
     d = f.taylor(x.a, K)
     lo, hi = x.hull()
     M = f.bound(lo, hi, K + 1)
+    M2 = f.bound(lo, hi, 2) if K > 1 else M
     zero = torch.zeros_like(x.a)
-    D = Taylor([zero, *x.coef[1:]], x.rv, x.rd)  # x - x(0)
-    y = Taylor.constant(d[K], K)
-    for j in range(K - 1, -1, -1):
-        y = add_const(mul(D, y), d[j])
-    h, h1 = x.spread(), _up(x.dnorm() + x.rd, K + 1)
-    scale_a = f.floor * (1.0 + _fabs(x.a)) if f.floor else torch.zeros_like(x.a)
-    rv = M * h ** (K + 1) / math.factorial(K + 1)
-    rd = M * h**K * h1 / math.factorial(K)
-    for j, dj in enumerate(d):
-        e = FN_ERR * (dj.abs() + scale_a)
-        rv = rv + e * h**j
-        if j >= 1:
-            rd = rd + e * j * h ** (j - 1) * h1
-    return Taylor([d[0], *y.coef[1:]], _up(y.rv + rv, K + 4), _up(y.rd + rd, K + 4))
+    n, n1, h = x.norm(1), x.dnorm(), x.spread()
+    g = gamma((K + 1) ** 2 + 2)
+    scale_a = f.floor * (1.0 + _fabs(x.a)) if f.floor else zero
+    err = [FN_ERR * (dj.abs() + scale_a) for dj in d]  # the errors of the computed d_j
+    slope = d[1].abs() + err[1] + M2 * h  # >= sup |f'| over the hull
+    rv = slope * x.rv + M * n ** (K + 1) / math.factorial(K + 1) + err[0]
+    rd = M2 * x.rv * n1 + slope * x.rd + M * n**K * n1 / math.factorial(K)
+    # the power series to degree L = K + EXTRA: the coefficients of degree K+1..L of sum_j d_j P~^j are
+    # computed (so that their cancellations across j count), the rest is bounded by the powers of |P~|
+    L = K + _EXTRA_DEGREES
+    Pt2: list[Tensor | None] = [None, *x.coef[1:]] + [None] * (L - K)
+    Pa2: list[Tensor | None] = [None, *(p.abs() for p in x.coef[1:])] + [None] * (L - K)
+    c: list[Tensor] = [d[0]] + [zero] * L
+    Q, A = Pt2, Pa2  # [P~^j]_{<=L} and [|P~|^j]_{<=L}
+    for j in range(1, K + 1):
+        if j > 1:
+            Q, A = _trunc_mul(Q, Pt2, L), _trunc_mul(A, Pa2, L)
+        S, S1 = zero, zero
+        for m in range(j, L + 1):
+            qm, am = Q[m], A[m]
+            if qm is not None and am is not None:
+                c[m] = c[m] + d[j] * qm
+                S, S1 = S + am, S1 + m * am
+        nj, nj1 = n**j, n ** (j - 1)
+        # the degree > L part of P~^j is at most that of |P~|^j, whose coefficients sum to n^j exactly
+        high = torch.clamp(nj * (1 + 2 * g) - S * (1 - g), min=0.0)
+        dhigh = torch.clamp(j * nj1 * n1 * (1 + 2 * g) - S1 * (1 - g), min=0.0)
+        dj = d[j].abs() + err[j]
+        rv = rv + dj * high + (g * d[j].abs() + err[j]) * nj
+        rd = rd + dj * dhigh + (g * d[j].abs() + err[j]) * j * nj1 * n1
+    for m in range(K + 1, L + 1):  # the computed terms of degree K+1..L, moved into the remainder
+        rv = rv + c[m].abs()
+        rd = rd + m * c[m].abs()
+    coef = c[: K + 1]
+    # the sums above are of nonnegative terms: rounded up below with a margin for their length
+    return Taylor(coef, _up(rv, 3 * K + 8), _up(rd, 3 * K + 8))
 
 
 def _poly_eval(coeffs: Sequence[float], s: Tensor) -> Tensor:
