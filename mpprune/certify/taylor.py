@@ -22,12 +22,12 @@ The rules, each a theorem about such enclosures (``||P|| = sum_j |p_j|`` bounds 
   ``(P + e)(Q + f) = [PQ]_{<=K} + [PQ]_{>K} + P f + e Q + e f``; the truncated terms and the remainder
   products are bounded by ``sum_{j>K} |c_j|``, ``||P|| rv_y``, ... and their slopes by the product rule.
 * **smooth elementwise maps** ``f`` (GELU in erf and tanh form, SiLU, sigmoid, tanh, erf, exp, powers
-  ``x^p`` -- 1/x, 1/sqrt(x), sqrt(x)): with ``x = p_0 + D(t)``, ``f(x) = sum_{j<=K} f^(j)(p_0)/j! D^j + R``
-  (a power series truncated at degree K, the rest bounded termwise) and Lagrange's remainder
-  ``|R| <= M h^(K+1)/(K+1)!``,
-  ``|R'| <= M h^K h_1 / K!`` with ``h >= |D|``, ``h_1 >= |D'|`` and ``M >= sup |f^(K+1)|`` over the hull
-  ``p_0 +- h``: a global constant for the bounded maps (:data:`SUP_DERIV`, checked in the tests), the worse
-  end of the hull for exp and the powers.
+  ``x^p`` -- 1/x, 1/sqrt(x), sqrt(x)): with ``x = p_0 + P~(t) + e(t)``, the power series
+  ``sum_{j<=K} f^(j)(p_0)/j! P~^j`` truncated at degree K, plus bounds on what it leaves out (see
+  :func:`smooth`): the input remainder through ``sup |f'|`` over the hull (mean value theorem), Lagrange's
+  remainder through ``M >= sup |f^(K+1)|`` over the hull, and the terms of degree > K. The derivative bounds
+  are a global constant for the bounded maps (:data:`SUP_DERIV`, checked in the tests) and the value at the
+  worse end of the hull for exp and the powers.
 * **softmax, LayerNorm, RMSNorm, attention** are composed from those rules (``exp(x - max) / sum``,
   ``(x - mu) (var + eps)^(-1/2)``, ``softmax(q k^T s + mask) v``).
 * **piecewise-linear maps** (ReLU, LeakyReLU with a slope in [0, 1], Hardtanh/ReLU6/clamp, MaxPool2d):
