@@ -295,6 +295,36 @@ def test_cascade_budget_keeps_sound_bound_and_says_so():
     assert c.certified_fraction <= full.certified_fraction
 
 
+class Pole(nn.Module):
+    """``z = head(1 / a(x))``, ``a(x)``'s first output crossing 0 at theta = 1/2: an unbounded slope."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.head = nn.Linear(4, 2), nn.Linear(2, 2)
+        with torch.no_grad():
+            self.a.weight.copy_(torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]]))
+            self.a.bias.copy_(torch.tensor([-1.5, 3.0]))
+            self.head.weight.copy_(torch.eye(2))
+            self.head.bias.copy_(
+                torch.tensor([0.0, 100.0])
+            )  # a wide margin: the realised change cannot decide
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(1.0 / self.a(x))
+
+
+def test_unbounded_slope_is_never_certified_and_gives_up_early():
+    """A pole on the segment: the sound bound is +inf (not certified, eta >= the realised change); the cascade
+    probes a short piece at theta = 1/2, finds it unbounded and stops instead of bisecting to the budget."""
+    model = Pole().eval()
+    x = torch.ones(1, 4)
+    S = model.a.weight.detach().clone()
+    S[0, 1] = 0.0  # u_0(theta) = -1/2 + theta
+    c = certify_layer(model, "a", S, [x], "taylor_bound")
+    assert c.sound and np.isinf(c.eta[0]) and not c.certified[0] and c.violations == 0
+    assert any("1 left open by the budget" in n and "2 piece bounds" in n for n in c.notes), c.notes
+
+
 def test_progress_bar_can_be_shown_and_disabled(capsys):
     model, x, S, _ = _case(["gelu", "ln"], seed=13, n=3)
     certify_layer(model, "inp", S, [x], "taylor_bound", progress=True)

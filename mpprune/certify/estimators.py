@@ -26,9 +26,10 @@ implements four of them on real models (:data:`ENGINE_ESTIMATORS`):
   sample is *certified* (every piece bounded below ``margin / 2``) or *proven uncertifiable* (a lower bound
   -- the realised ``||z(1) - z(0)||_inf`` or the exact slope at a midpoint -- reaches ``margin / 2``). All
   open pieces of all samples are bounded together in batches. The budget (pieces no shorter than
-  ``2^-max_depth``, at most ``max_evals`` piece evaluations per sample of a batch on average; a piece still
-  unbounded at depth 5 ends its sample's refinement) ends the refinement; a sample still open then keeps its
-  sound bound (not certified) and the notes say how many.
+  ``2^-max_depth``, at most ``max_evals`` piece evaluations per sample of a batch on average; a sample
+  unbounded on a piece of width 2^-5 -- probed first when the whole segment is unbounded -- is not refined
+  further) ends the refinement; a sample still open then keeps its sound bound (not certified) and the notes
+  say how many.
   ``eta_s`` is always the largest bound over the final pieces: sound whatever the verdict.
 * ``"segment_max_slope"`` (ESTIMATE, ``sound=False``): the largest ``||dz/dtheta||_inf`` on a 20-point theta
   grid.
@@ -98,8 +99,9 @@ TAYLOR_MAX_DEPTH = 12
 TAYLOR_MAX_EVALS = 64
 # pieces split per open sample and round (the worst first)
 _SPLITS_PER_ROUND = 4
-# a sample with a piece still unbounded (+inf) at this depth is left open: the blow-up is the rounding error
-# amplified through a deep tail, which shorter pieces do not cure (measured on a 4-block ViT)
+# a sample whose bound is +inf on a piece of width 2^-_GIVE_UP_DEPTH is left open: such a blow-up is the
+# rounding error amplified through a deep tail, which shorter pieces do not cure (measured on a 4-block ViT);
+# a sample unbounded on the whole segment is first probed on one piece of that width around theta = 1/2
 _GIVE_UP_DEPTH = 5
 
 
@@ -239,10 +241,13 @@ def taylor_bound(
     status = np.zeros(B, dtype=np.int64)  # 0 open, 1 certified, 2 proven uncertifiable, 3 budget ended
     point = np.asarray(nr) <= 0  # R psi_1 = 0: the segment is a point and z does not move
     status[point] = 1
-    # pieces to bound: (sample, lo, hi, bound of the parent piece, depth)
+    # pieces to bound: (sample, lo, hi, bound of the parent piece, depth); depth -1 marks a probe (a short
+    # piece that is not part of the partition: only its verdict "unbounded" and its midpoint slope are used)
     queue: list[tuple[int, float, float, float, int]] = [
         (int(i), 0.0, 1.0, math.inf, 0) for i in np.flatnonzero(~point)
     ]
+    probed = np.zeros(B, dtype=np.int64)  # 0 not probed, 1 probe bounded, 2 probe unbounded
+    w = 0.5**_GIVE_UP_DEPTH
     budget = max(int(max_evals), 1) * B
     evals = rounds = 0
     rebound = False
@@ -252,7 +257,8 @@ def taylor_bound(
         while queue:
             if evals > 0 and evals + len(queue) > budget:
                 for i, a, b, parent, depth in queue:  # unbounded pieces keep their parent's (sound) bound
-                    leaves[i].append((a, b, parent, depth))
+                    if depth >= 0:
+                        leaves[i].append((a, b, parent, depth))
                 break
             rounds += 1
             for start in range(0, len(queue), B):  # all queued pieces, at most B per batched run
@@ -269,8 +275,11 @@ def taylor_bound(
                 )
                 evals += len(chunk)
                 for k, (i, a, b, parent, depth) in enumerate(chunk):
-                    leaves[i].append((a, b, min(float(up[k]), parent), depth))  # the parent's bound holds too
-                    if exact:
+                    if depth >= 0:
+                        leaves[i].append((a, b, min(float(up[k]), parent), depth))  # the parent's bound holds
+                    else:
+                        probed[i] = 2 if up[k] == math.inf else 1
+                    if exact and np.isfinite(mid[k]):
                         lower[i] = max(lower[i], float(mid[k]))
             queue = []
             for i in (int(j) for j in np.flatnonzero(status == 0)):
@@ -281,8 +290,14 @@ def taylor_bound(
                 if stop and lower[i] >= thr[i]:
                     status[i] = 2
                     continue
-                if stop and any(leaf[2] == math.inf and leaf[3] >= _GIVE_UP_DEPTH for leaf in leaves[i]):
+                if stop and (probed[i] == 2 or any(
+                    leaf[2] == math.inf and leaf[3] >= _GIVE_UP_DEPTH for leaf in leaves[i]
+                )):  # fmt: skip
                     status[i] = 3
+                    continue
+                if stop and bound == math.inf and probed[i] == 0 and max_depth >= _GIVE_UP_DEPTH:
+                    probed[i] = 1
+                    queue.append((i, 0.5 - 0.5 * w, 0.5 + 0.5 * w, math.inf, -1))
                     continue
                 cands = [
                     leaf for leaf in leaves[i] if leaf[3] < max_depth and (leaf[2] >= thr[i] or not stop)
