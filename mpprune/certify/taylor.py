@@ -88,8 +88,10 @@ U = 2.0**-53
 #: absorbs underflow in every bound
 TINY = 1e-300
 #: trusted error of a library elementwise function (exp, erf, tanh, pow, ...) and of the short formulas for
-#: its derivatives, relative to the scale of the value (about 900 ulp; the libraries claim 1-4 ulp)
-FN_ERR = 1e-13
+#: its derivatives, relative to the scale of the value: about 90 ulp, where the libraries claim 1-4 ulp and
+#: the worst error measured against mpmath (50 digits) over [-40, 40], orders 0..7, is 8 ulp (SiLU's; checked
+#: in the tests). It is the main rounding term on deep tails (there 1e-13 made the bound 250x the slope)
+FN_ERR = 1e-14
 
 
 def gamma(k: int) -> float:
