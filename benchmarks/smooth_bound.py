@@ -5,7 +5,8 @@ patches, 16 tokens + class token, width 64, 4 blocks, 4 heads, MLP ratio 2, mean
 real MNIST digits (``mpprune.data.mnist_digits("train")``, seeded); its weights are cached under
 ``--cache-dir`` (default ``$MPPRUNE_CACHE`` or ``<tmp>/mpprune-cache``) and reused. ``py:MODULE:FUNCTION``
 loads any other model instead: ``FUNCTION()`` must return a model taking normalised ``(B, 1, 28, 28)`` MNIST
-digits (e.g. the registry's MNIST ViT once it exists).
+digits: e.g. the registry's MNIST ViT, once this branch meets main,
+``--model py:mpprune.vit_mnist:load_vit_mnist``.
 
 For every prunable layer (``mpprune.layers.find_layers``), pruned alone to ``--sparsity`` (default 30 %)
 unstructured magnitude sparsity, on ``--n-calib`` calibration digits of the train split:
