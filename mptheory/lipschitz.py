@@ -18,6 +18,9 @@ Every estimator returns a :class:`LipschitzEstimate` with one value per sample, 
   the segment (the smallest valid L_s).
 * ``"segment_max_slope"`` — :func:`jacobian_segment`: an estimate; the largest directional Jacobian slope on
   a theta grid.
+* ``"taylor_bound"`` — sound; Taylor models in theta with adaptive subdivision of [0, 1], for smooth tails
+  (GELU, LayerNorm, softmax attention) as well as PL ones. Implemented on real models by mpprune's
+  certificate engine (``mpprune.certify``, estimator ``"taylor_bound"``); it has no small-net function here.
 
 The function names describe the method; the estimate's ``name`` (and every option, report and CLI choice
 of both packages, e.g. ``mptheory.certificates.lipschitz_bounds(method=...)``) is the canonical name.
@@ -74,6 +77,12 @@ ESTIMATORS: dict[str, EstimatorInfo] = {
         EstimatorInfo("pl_exact", True, "exact largest slope along the segment of a piecewise-linear tail"),
         EstimatorInfo("product_norm", True, "product of induced inf-norms through 1-Lipschitz activations"),
         EstimatorInfo("segment_max_slope", False, "largest directional Jacobian slope on a theta grid"),
+        EstimatorInfo(
+            "taylor_bound",
+            True,
+            "bound on the largest slope along the segment by Taylor models in theta with adaptive "
+            "subdivision (smooth and piecewise-linear tails; mpprune's certificate engine)",
+        ),
     )
 }
 
