@@ -45,6 +45,8 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.fit_calibration
 	$(PY) -m benchmarks.sparse_exec
 	$(PY) -m benchmarks.pipeline_small
+	$(PY) -m benchmarks.certify_cost
+	$(PY) -m benchmarks.smooth_bound
 
 verify: $(STAMP)
 	$(VENV)/bin/mptheory verify --json $(OUT)/verify.json

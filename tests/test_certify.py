@@ -251,7 +251,7 @@ def test_cached_prefix_with_shared_modules_matches_finite_differences(twice):
     assert c.violations == 0
 
 
-def test_smooth_tail_falls_back_to_labelled_estimate():
+def test_smooth_tail_gets_the_sound_taylor_bound():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.GELU(), nn.LayerNorm(8), nn.Linear(8, 3)).eval()
     x = torch.randn(10, 6)
@@ -259,8 +259,11 @@ def test_smooth_tail_falls_back_to_labelled_estimate():
     with pytest.raises(NotPiecewiseLinear, match="gelu|layer_norm"):
         certify_layer(model, "0", S, [x], "pl_exact")
     c = certify_layer(model, "0", S, [x], "auto")
-    assert c.estimator == "segment_max_slope" and c.sound is False
-    assert any("fell back" in n for n in c.notes)
+    assert c.estimator == "taylor_bound" and c.sound  # auto: pl_exact refused, then the sound smooth bound
+    assert any("taylor_bound" in n for n in c.notes)
+    est = certify_layer(model, "0", S, [x], "segment_max_slope")  # the estimate stays available, labelled
+    assert est.sound is False
+    assert np.all(c.L >= est.L * (1 - 1e-9))  # a sound bound is never below the sampled slope
     with pytest.raises(Refusal, match="product_norm"):
         certify_layer(model, "0", S, [x], "product_norm")
 

@@ -61,6 +61,9 @@ def lipschitz_bounds(
     ``n_theta`` grid: an estimate). A :class:`PruneRestore` uses its restore split ``(S + Q) + P``."""
     if method not in ESTIMATORS:
         raise ValueError(f"method must be one of {sorted(ESTIMATORS)}, got {method!r}")
+    if method == "taylor_bound":  # Taylor models over torch ops: mpprune's engine (mptheory never imports it)
+        raise ValueError("method 'taylor_bound' is implemented by mpprune.certify.certify_layer "
+                         "(mptheory never imports mpprune)")
     if isinstance(dec, PruneRestore):
         dec = dec.restore()
     u0, u1 = net.layer_output(dec.S), net.layer_output(dec.A)
