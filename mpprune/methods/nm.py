@@ -40,7 +40,6 @@ so :meth:`~mpprune.masks.MaskStore.enforce` and :func:`~mpprune.masks.check_lega
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,7 +66,6 @@ from mpprune.methods.kn_stats import execution_order, group_blocks, input_sample
 from mpprune.methods.magnitude import normalise_include
 from mpprune.methods.permute import (
     PermutationRecord,
-    apply_permutation,
     consumer_terms,
     find_sites,
     fold_checked,
@@ -191,10 +189,17 @@ def _structural_reason(t: Target, n: int, layout: str, reads_data: bool) -> str 
 def kn_eligibility(model: nn.Module, cfg: NM, sample: torch.Tensor | None = None) -> list[Eligibility]:
     """Every prunable layer selected by ``cfg.include``, in execution order on ``sample`` (module order
     without one), with the reason it is skipped (None = eligible); module docstring."""
+    return _eligibility(model, cfg, sample)[0]
+
+
+def _eligibility(
+    model: nn.Module, cfg: NM, sample: torch.Tensor | None
+) -> tuple[list[Eligibility], dict[int, int]]:
     targets = target_layers(model, cfg.include)
     k, n = cfg.kn
+    calls: dict[int, int] = {}
     if sample is not None:
-        ordered = execution_order(model, [t.module for t in targets], sample)
+        ordered, calls = execution_order(model, [t.module for t in targets], sample)
         by_mod = {id(t.module): t for t in targets}
         targets = [by_mod[id(m)] for m in ordered]
     reads = cfg.needs_calibration
@@ -205,7 +210,7 @@ def kn_eligibility(model: nn.Module, cfg: NM, sample: torch.Tensor | None = None
         out[0].reason = out[0].reason or "stem: the first layer to run (skip policy 'stem')"
     if len(out) > 1 and "head" in cfg.skip:
         out[-1].reason = out[-1].reason or "head: the last layer to run (skip policy 'head')"
-    return out
+    return out, calls
 
 
 def _prior_masks(source: Any, names: set[str]) -> dict[str, torch.Tensor]:
@@ -250,10 +255,11 @@ class _Run:
             )
         self.x = _sample(self.calib) if self.calib is not None else None
         self.progress = ctx.progress
-        self.elig = kn_eligibility(model, cfg, self.x)
+        self.elig, self.calls = _eligibility(model, cfg, self.x)
         self.prior = _prior_masks(cfg.source, {e.name for e in self.elig})
-        # the dense reference: needed for statistics when not sequential, and to follow the permutations
-        self.ref = copy.deepcopy(model) if (not cfg.sequential and cfg.needs_calibration) else None
+        # statistics captured up front (sequential=False: all layers in one pass over the dense model)
+        self.moments: dict[str, torch.Tensor] = {}
+        self.samples: dict[str, torch.Tensor] = {}
         self.store = MaskStore()
         self.details: dict[nn.Module, dict[str, Any]] = {}
         self.notes: list[str] = []
@@ -268,12 +274,56 @@ class _Run:
                 self.notes.append(f"residual-stream permutation not applied: {skipped['<residual>']}")
 
     # -- statistics ---------------------------------------------------------------------------------
-    def stats_model(self) -> nn.Module:
-        return self.model if self.ref is None else self.ref
+    def _stop_early(self, names: list[str]) -> bool:
+        mods = dict(self.model.named_modules())
+        return all(self.calls.get(id(mods[n]), 0) == 1 for n in names)
 
-    def full_moments(self, name: str) -> torch.Tensor:
+    def need(self, e: Eligibility) -> int | None | bool:
+        """What layer ``e`` needs: None = the full second moments, n = per group, False = nothing."""
+        reads = self.cfg.cost != "magnitude"
+        permutable = bool(self.cfg.permute) and self.usable_site(e.name)[0] is not None
+        if self.cfg.reconstruct or (reads and permutable):
+            return None
+        return self.n if self.cfg.cost == "certificate" else False
+
+    def capture(self, wanted: dict[str, int | None]) -> dict[str, torch.Tensor]:
         assert self.calib is not None
-        return layer_moments(self.stats_model(), name, self.calib, None, self.cfg.layout)[0]
+        if not wanted:
+            return {}
+        names = list(wanted)
+        return layer_moments(
+            self.model, wanted, self.calib, self.cfg.layout, stop_early=self._stop_early(names)
+        )
+
+    def layer_stats(self, e: Eligibility) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(the layer's second moments: full (m, m), per group (G, n, n) or None; input samples or None)."""
+        need = self.need(e)
+        mom = None
+        if need is not False:
+            mom = self.moments.pop(e.name) if e.name in self.moments else self.capture({e.name: need})[e.name]
+        samples = None
+        if self.cfg.cost == "certificate_inf":
+            assert self.calib is not None
+            samples = self.samples.pop(e.name, None)
+            if samples is None:
+                samples = input_samples(
+                    self.model, e.name, self.calib, self.cfg.layout, self.cfg.max_samples, self.cfg.seed,
+                    stop_early=self._stop_early([e.name]),
+                )
+        return mom, samples
+
+    def precompute(self, eligible: list[Eligibility]) -> None:
+        """sequential=False: every layer's statistics from the (dense) model before anything is pruned."""
+        if self.cfg.sequential or self.calib is None:
+            return
+        wanted = {e.name: need for e in eligible if (need := self.need(e)) is not False}
+        self.moments = self.capture(wanted)  # type: ignore[arg-type]
+        if self.cfg.cost == "certificate_inf":
+            for e in eligible:
+                self.samples[e.name] = input_samples(
+                    self.model, e.name, self.calib, self.cfg.layout, self.cfg.max_samples, self.cfg.seed,
+                    stop_early=self._stop_early([e.name]),
+                )
 
     # -- permutations -------------------------------------------------------------------------------
     def fold(self, site: Site, terms: list[tuple[torch.Tensor, torch.Tensor | None]]) -> np.ndarray | None:
@@ -285,8 +335,6 @@ class _Run:
         if why is not None:
             self.notes.append(f"permutation at {site.key}: {why}")
             return None
-        if self.ref is not None:
-            apply_permutation(self.ref, site.edits, result.perm)
         self.records.append(PermutationRecord(site, result))
         return result.perm
 
@@ -316,10 +364,8 @@ class _Run:
         if site is None:
             return
         mods = dict(self.model.named_modules())
-        terms = []
-        for name in site.consumers:
-            H = self.full_moments(name) if self.cfg.cost != "magnitude" else None
-            terms.append(consumer_terms(mods[name].weight, H, 1))
+        moments = self.capture(dict.fromkeys(site.consumers)) if self.cfg.cost != "magnitude" else {}
+        terms = [consumer_terms(mods[name].weight, moments.get(name), 1) for name in site.consumers]
         self.fold(site, terms)
 
     # -- one layer -----------------------------------------------------------------------------------
@@ -329,19 +375,9 @@ class _Run:
         weight = mod.weight
         assert isinstance(weight, torch.Tensor)
         reads = cfg.cost != "magnitude"
-        permutable = bool(cfg.permute) and self.usable_site(e.name)[0] is not None
-        need_full = cfg.reconstruct or (reads and permutable)
-        H = self.full_moments(e.name) if need_full else None
-        second = None
-        if reads and H is None and cfg.cost == "certificate":
-            assert self.calib is not None
-            second = layer_moments(self.stats_model(), e.name, self.calib, n, cfg.layout)[0]
-        samples = None
-        if cfg.cost == "certificate_inf":
-            assert self.calib is not None
-            samples = input_samples(
-                self.stats_model(), e.name, self.calib, cfg.layout, cfg.max_samples, cfg.seed
-            )
+        mom, samples = self.layer_stats(e)
+        H = mom if (mom is not None and mom.dim() == 2) else None
+        second = mom if (mom is not None and mom.dim() == 3) else None
         details: dict[str, Any] = self.details.setdefault(mod, {})
         if cfg.permute:
             perm, K = self.permutation_for(e, H if reads else None)
@@ -436,6 +472,7 @@ def _apply_nm(model: nn.Module, cfg: NM, ctx: Context) -> MethodOutput:
         if e.reason is not None:
             run.notes.append(f"skipped {e.name!r}: {e.reason}")
     run.fold_residual()
+    run.precompute(eligible)
     prune_masks: dict[nn.Module, torch.Tensor] = {}
     for e in tqdm(eligible, desc=f"NM {cfg.pattern}", disable=not ctx.progress):
         prune_masks[e.module] = ~run.prune_layer(e)
