@@ -409,14 +409,16 @@ def _edit_exists(model: nn.Module, e: Edit) -> bool:
 
 
 def find_sites(
-    model: nn.Module, x: torch.Tensor, *, residual: bool = False
+    model: nn.Module, x: torch.Tensor, *, residual: bool = False, check: bool = True, rtol: float = 1e-4
 ) -> tuple[dict[str, Site], dict[str, str], Site | None]:
     """The permutation sites of ``model`` (module docstring), found by one forward of the sample batch ``x``.
 
     Returns ``(sites, skipped, residual_site)``: ``sites`` maps a consumer layer's name to its chain or
     attention site, ``skipped`` a Linear/Conv2d layer's name to why it has no site, and ``residual_site`` is
     the residual stream of a timm ViT when ``residual`` is True (else None; a model without one is
-    recorded in ``skipped`` under ``"<residual>"``).
+    recorded in ``skipped`` under ``"<residual>"``). With ``check`` every site is tried with a random
+    permutation (seeded) folded in and out again: a site whose fold changes the output on ``x`` -- a tensor
+    also read by a functional op the hooks cannot see, e.g. a residual add -- is moved to ``skipped``.
     """
     was = model.training
     model.eval()
@@ -434,7 +436,29 @@ def find_sites(
         res, why = _residual_site(model)
         if res is None:
             skipped["<residual>"] = str(why)
+        else:
+            for name in res.consumers:
+                skipped.pop(name, None)
+    if check:
+        rng = np.random.default_rng(0)
+        for name, site in list(sites.items()):
+            why = _verify_fold(model, site, _random_perm(site, rng), x, None, rtol, undo=True)
+            if why is not None:
+                skipped[name] = why.replace("fold undone", "not foldable")
+                del sites[name]
+        if res is not None:
+            why = _verify_fold(model, res, _random_perm(res, rng), x, None, rtol, undo=True)
+            if why is not None:
+                skipped["<residual>"] = why.replace("fold undone", "not foldable")
+                res = None
     return sites, skipped, res
+
+
+def _random_perm(site: Site, rng: np.random.Generator) -> np.ndarray:
+    """A random permutation within the site's blocks."""
+    return np.concatenate(
+        [b0 + rng.permutation(site.block) for b0 in range(0, site.channels, site.block)]
+    ).astype(np.int64)
 
 
 def _outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -443,9 +467,16 @@ def _outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _verify_fold(
-    model: nn.Module, site: Site, perm: np.ndarray, x: torch.Tensor, masks: MaskStore | None, rtol: float
+    model: nn.Module,
+    site: Site,
+    perm: np.ndarray,
+    x: torch.Tensor,
+    masks: MaskStore | None,
+    rtol: float,
+    undo: bool = False,
 ) -> str | None:
-    """Fold ``perm`` and check the output on ``x``; undo and return the reason when it changed."""
+    """Fold ``perm`` and check the output on ``x``; undo and return the reason when it changed (with
+    ``undo`` the fold is undone in any case)."""
     was = model.training
     model.eval()
     try:
@@ -454,8 +485,10 @@ def _verify_fold(
         after = _outputs(model, x)
         scale = float(before.abs().max()) + 1e-12
         err = float((after - before).abs().max())
-        if not err <= rtol * scale:
+        ok = err <= rtol * scale
+        if undo or not ok:
             apply_permutation(model, site.edits, inverse_permutation(perm), masks)
+        if not ok:
             return f"dry run changed the output by {err:.3g} (> {rtol:g} x {scale:.3g}); fold undone"
         return None
     finally:
