@@ -290,11 +290,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sections", nargs="+", default=["projection", "mnist", "efficientnet"],
                     choices=["projection", "mnist", "efficientnet"])
     ap.add_argument("--patterns", nargs="+", default=list(PATTERNS))
-    ap.add_argument("--certify-patterns", nargs="+", default=["2:4"], help="EfficientNet patterns certified")
+    ap.add_argument("--certify-patterns", nargs="*", default=["2:4"],
+                    help="EfficientNet patterns certified (none: no certificates)")
     ap.add_argument("--n-theta", type=int, default=4)
     ap.add_argument("--min-certified", type=float, default=0.99)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="small shapes and sets (a smoke run)")
+    ap.add_argument("--n-eval", type=int, default=384, help="EfficientNet evaluation views (3 photos)")
+    ap.add_argument("--n-cal", type=int, default=96, help="EfficientNet calibration views")
     ap.add_argument("--out", default="out/bench/kn.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -308,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                                  args.n_theta, args.min_certified)
     if "efficientnet" in args.sections:
         payload["efficientnet"] = efficientnet(
-            args.patterns, 12 if args.quick else 384, 6 if args.quick else 96, 3 if args.quick else 24,
+            args.patterns, 12 if args.quick else args.n_eval, 6 if args.quick else args.n_cal,
+            3 if args.quick else 24,
             args.certify_patterns, args.n_theta, args.min_certified,
         )
     payload["seconds"] = time.perf_counter() - t0
