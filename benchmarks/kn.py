@@ -29,6 +29,9 @@ rule passes (``Gate.check`` on each layer's certificate) and ``certified_total``
 fraction. For EfficientNet only the patterns in ``--certify-patterns`` are certified (the certificate
 costs tens of forward passes per layer).
 
+The JSON is rewritten after every row (``"complete": false`` until the run ends), so a run stopped early
+keeps the rows it finished.
+
 Run: ``python -m benchmarks.kn [--quick] [--sections ...] [--out out/bench/kn.json]``.
 """
 
@@ -41,6 +44,7 @@ import resource
 import sys
 import time
 import tracemalloc
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -169,6 +173,7 @@ def _prune_rows(
     n_theta: int,
     min_certified: float,
     nm_options: dict[str, Any],
+    on_row: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
     from mpprune.methods import NM, prune
 
@@ -193,6 +198,8 @@ def _prune_rows(
             key = "accuracy" if "accuracy" in row else "agreement"
             row[f"{key}_vs_magnitude"] = row[key] / base[key] if base[key] else math.nan
             rows.append(row)
+            if on_row is not None:
+                on_row(rows)
             cert = (
                 f", certified {100 * row['certified_total']:.1f} % (D11), gate {row['gate_layers_pass']}/"
                 f"{row['gate_layers']} layers" if "certified_total" in row else ""
@@ -206,7 +213,8 @@ def _prune_rows(
 
 
 def mnist(
-    patterns: list[str], n_cal: int, n_cert: int, n_theta: int, min_certified: float
+    patterns: list[str], n_cal: int, n_cert: int, n_theta: int, min_certified: float,
+    on_row: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
     from mpprune.data import calibration_batches, mnist_digits
     from mpprune.models import load_mnist_cnn
@@ -226,7 +234,7 @@ def mnist(
         return {"accuracy": _agreement(top, ys), "agreement": _agreement(top, top_dense)}
 
     return _prune_rows("mnist-cnn", dense, patterns, calib, evaluate, cert_cal, patterns, n_theta,
-                       min_certified, {"layout": "channel"})
+                       min_certified, {"layout": "channel"}, on_row)
 
 
 def photos() -> list[Any]:
@@ -265,6 +273,7 @@ def efficientnet(
     certify_patterns: list[str],
     n_theta: int,
     min_certified: float,
+    on_row: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
     from mpprune.models import load_efficientnet_lite0
 
@@ -282,7 +291,7 @@ def efficientnet(
         return {"agreement": _agreement(_logits(model, ev).argmax(1), top_dense)}
 
     return _prune_rows("efficientnet-lite0", dense, patterns, calib, evaluate, cert_cal, certify_patterns,
-                       n_theta, min_certified, {})
+                       n_theta, min_certified, {}, on_row)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,21 +310,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="out/bench/kn.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    payload: dict[str, Any] = {"benchmark": "kn", "quick": args.quick, "patterns": args.patterns}
+    payload: dict[str, Any] = {"benchmark": "kn", "quick": args.quick, "patterns": args.patterns,
+                               "complete": False}
     t0 = time.perf_counter()
+
+    def partial(section: str) -> Callable[[list[dict[str, Any]]], None]:
+        """Write the rows so far after each one (``complete: false``): a run stopped early keeps them."""
+
+        def write(rows: list[dict[str, Any]]) -> None:
+            write_json(args.out, payload | {section: rows, "seconds": time.perf_counter() - t0})
+
+        return write
+
     if "projection" in args.sections:
         shapes = ((64, 256), (128, 64)) if args.quick else PROJECTION_SHAPES
         payload["projection"] = projection(shapes, "8:16", args.threads)
     if "mnist" in args.sections:
         payload["mnist"] = mnist(args.patterns, 64 if args.quick else 512, 32 if args.quick else 256,
-                                 args.n_theta, args.min_certified)
+                                 args.n_theta, args.min_certified, partial("mnist"))
     if "efficientnet" in args.sections:
         payload["efficientnet"] = efficientnet(
             args.patterns, 12 if args.quick else args.n_eval, 6 if args.quick else args.n_cal,
             3 if args.quick else 24,
-            args.certify_patterns, args.n_theta, args.min_certified,
+            args.certify_patterns, args.n_theta, args.min_certified, partial("efficientnet"),
         )
     payload["seconds"] = time.perf_counter() - t0
+    payload["complete"] = True
     path = write_json(args.out, payload)
     print(f"wrote {path}")
     return 0
