@@ -174,13 +174,15 @@ def _prune_rows(
     min_certified: float,
     nm_options: dict[str, Any],
     on_row: Callable[[list[dict[str, Any]]], None] | None = None,
+    variants: tuple[str, ...] = tuple(VARIANTS),
 ) -> list[dict[str, Any]]:
     from mpprune.methods import NM, prune
 
     rows: list[dict[str, Any]] = []
     for pattern in patterns:
         base: dict[str, Any] | None = None
-        for variant, opts in VARIANTS.items():
+        for variant in variants:
+            opts = VARIANTS[variant]
             t0 = time.perf_counter()
             res = prune(dense, NM(pattern, **opts, **nm_options), calibration=calib, progress=False)
             seconds = time.perf_counter() - t0
@@ -194,9 +196,8 @@ def _prune_rows(
                 row.update(_certify_row(dense, res, cert_cal, n_theta, min_certified))
             if variant == "magnitude":
                 base = row
-            assert base is not None
             key = "accuracy" if "accuracy" in row else "agreement"
-            row[f"{key}_vs_magnitude"] = row[key] / base[key] if base[key] else math.nan
+            row[f"{key}_vs_magnitude"] = row[key] / base[key] if base is not None and base[key] else math.nan
             rows.append(row)
             if on_row is not None:
                 on_row(rows)
@@ -215,6 +216,7 @@ def _prune_rows(
 def mnist(
     patterns: list[str], n_cal: int, n_cert: int, n_theta: int, min_certified: float,
     on_row: Callable[[list[dict[str, Any]]], None] | None = None,
+    variants: tuple[str, ...] = tuple(VARIANTS),
 ) -> list[dict[str, Any]]:
     from mpprune.data import calibration_batches, mnist_digits
     from mpprune.models import load_mnist_cnn
@@ -234,7 +236,7 @@ def mnist(
         return {"accuracy": _agreement(top, ys), "agreement": _agreement(top, top_dense)}
 
     return _prune_rows("mnist-cnn", dense, patterns, calib, evaluate, cert_cal, patterns, n_theta,
-                       min_certified, {"layout": "channel"}, on_row)
+                       min_certified, {"layout": "channel"}, on_row, variants)
 
 
 def photos() -> list[Any]:
@@ -274,6 +276,7 @@ def efficientnet(
     n_theta: int,
     min_certified: float,
     on_row: Callable[[list[dict[str, Any]]], None] | None = None,
+    variants: tuple[str, ...] = tuple(VARIANTS),
 ) -> list[dict[str, Any]]:
     from mpprune.models import load_efficientnet_lite0
 
@@ -291,7 +294,7 @@ def efficientnet(
         return {"agreement": _agreement(_logits(model, ev).argmax(1), top_dense)}
 
     return _prune_rows("efficientnet-lite0", dense, patterns, calib, evaluate, cert_cal, certify_patterns,
-                       n_theta, min_certified, {}, on_row)
+                       n_theta, min_certified, {}, on_row, variants)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sections", nargs="+", default=["projection", "mnist", "efficientnet"],
                     choices=["projection", "mnist", "efficientnet"])
     ap.add_argument("--patterns", nargs="+", default=list(PATTERNS))
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                    help="the variants run (ratios need magnitude first)")
     ap.add_argument("--certify-patterns", nargs="*", default=["2:4"],
                     help="EfficientNet patterns certified (none: no certificates)")
     ap.add_argument("--n-theta", type=int, default=4)
@@ -327,12 +332,14 @@ def main(argv: list[str] | None = None) -> int:
         payload["projection"] = projection(shapes, "8:16", args.threads)
     if "mnist" in args.sections:
         payload["mnist"] = mnist(args.patterns, 64 if args.quick else 512, 32 if args.quick else 256,
-                                 args.n_theta, args.min_certified, partial("mnist"))
+                                 args.n_theta, args.min_certified, partial("mnist"),
+                                 tuple(args.variants))
     if "efficientnet" in args.sections:
         payload["efficientnet"] = efficientnet(
             args.patterns, 12 if args.quick else args.n_eval, 6 if args.quick else args.n_cal,
             3 if args.quick else 24,
             args.certify_patterns, args.n_theta, args.min_certified, partial("efficientnet"),
+            tuple(args.variants),
         )
     payload["seconds"] = time.perf_counter() - t0
     payload["complete"] = True
