@@ -83,7 +83,6 @@ import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
 from typing import Any
 
 import torch
@@ -91,6 +90,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mpprune.layers import KINDS, find_layers, matrix_view
+from mpprune.masks import KN_GROUP_SIZES, detect_kn, parse_kn
 from mpprune.tome import RSpec, ToMeBlock, apply_tome, is_tome_patched, remove_tome, tome_token_counts
 from mptheory.errors import BadInput
 
@@ -108,59 +108,10 @@ __all__ = [
 #: The two accountings of a ToMe graph (module docstring); the first is the default.
 CONVENTIONS = ("executed", "paper")
 
-#: Group sizes n tried by :func:`detect_kn`, in the order that breaks ties.
-KN_GROUP_SIZES = (4, 8, 12, 16, 32)
-
 _aten = torch.ops.aten
-_KN_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 # names that suggest a multiply-accumulate product: an executed op matching this without a formula is
 # reported in MacCount.uncounted
 _PRODUCT_NAME = re.compile(r"(mm|matmul|conv|attention|linear|einsum|dot|bilinear|mv)")
-
-
-# --------------------------------------------------------------------------------------------------
-# k:n patterns
-
-
-def parse_kn(pattern: str) -> tuple[int, int]:
-    """``"k:n"`` -> ``(k, n)`` with ``0 <= k <= n`` and ``n >= 1``; BadInput otherwise."""
-    m = _KN_RE.match(str(pattern))
-    if m is None:
-        raise BadInput(f"k:n pattern must look like '2:4', got {pattern!r}")
-    k, n = int(m.group(1)), int(m.group(2))
-    if n < 1 or k > n:
-        raise BadInput(f"k:n pattern needs 0 <= k <= n and n >= 1, got {pattern!r}")
-    return k, n
-
-
-def detect_kn(matrix: torch.Tensor, group_sizes: tuple[int, ...] = KN_GROUP_SIZES) -> tuple[int, int] | None:
-    """The k:n pattern a matrix (out, in) satisfies along its input axis, or None.
-
-    For each n of ``group_sizes`` that divides ``in``, k is the largest count of nonzeros in a group
-    of n consecutive entries of a row; returns the ``(k, n)`` with the lowest k/n below 1, ties going
-    to the n listed first (the smallest). None when no n divides ``in`` or every group size has a
-    full group.
-    """
-    if matrix.dim() != 2:
-        raise BadInput(f"detect_kn expects a 2-D matrix, got shape {tuple(matrix.shape)}")
-    rows, cols = matrix.shape
-    nz = matrix != 0
-    counts: dict[int, torch.Tensor] = {}
-    best: tuple[int, int] | None = None
-    for n in group_sizes:
-        if n < 1 or cols % n or rows == 0 or cols == 0:
-            continue
-        # reuse the counts of a divisor group size (4 -> 8 -> 16 -> 32, 4 -> 12) when available
-        base = next((d for d in sorted(counts, reverse=True) if n % d == 0), None)
-        if base is None:
-            c = nz.reshape(rows, cols // n, n).sum(dim=-1, dtype=torch.int32)
-        else:
-            c = counts[base].reshape(rows, cols // n, n // base).sum(dim=-1, dtype=torch.int32)
-        counts[n] = c
-        k = int(c.max())
-        if k < n and (best is None or Fraction(k, n) < Fraction(*best)):
-            best = (k, n)
-    return best
 
 
 # --------------------------------------------------------------------------------------------------

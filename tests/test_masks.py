@@ -1,4 +1,5 @@
-"""MaskStore, frozen-mask enforcement through optimisers, legality checks and exact sparsity accounting."""
+"""MaskStore, frozen-mask enforcement through optimisers, legality checks, exact sparsity accounting and the
+k:n pattern primitives (layouts, check_kn, declared patterns)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,26 @@ import copy
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from mpprune.masks import MaskStore, check_legal, prunable_modules, sparsity
+from mpprune.errors import BadInput
+from mpprune.masks import (
+    KN_LAYOUTS,
+    MaskStore,
+    PatternViolation,
+    check_kn,
+    check_legal,
+    detect_kn,
+    from_kn_matrix,
+    kn_group_counts,
+    kn_matrix,
+    parse_kn,
+    prunable_modules,
+    sparsity,
+)
 
 
 def _model(seed: int = 0) -> nn.Sequential:
@@ -159,3 +175,119 @@ def test_state_dict_round_trip_binds_to_new_modules() -> None:
         MaskStore.from_state_dict({"missing.layer": state["0"]}, twin)
     with pytest.raises(ValueError, match="dtype"):
         MaskStore.from_state_dict({"0": state["0"].float()}, twin)
+
+
+# --------------------------------------------------------------------------------------------------
+# k:n patterns
+
+
+def test_parse_kn_accepts_pairs_and_strings() -> None:
+    assert parse_kn("2:4") == parse_kn((2, 4)) == parse_kn(" 2 : 4 ") == (2, 4)
+    for bad in ("2-4", "5:4", "1:0", (5, 4), "a:b"):
+        with pytest.raises(BadInput):
+            parse_kn(bad)  # type: ignore[arg-type]
+
+
+def _kn_weight(shape: tuple[int, ...], k: int, n: int, layout: str, seed: int) -> torch.Tensor:
+    """A random weight whose k:n matrix keeps exactly k random entries of every group."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(shape, generator=g)
+    mat = kn_matrix(w, layout).clone()
+    rows, cols = mat.shape
+    scores = torch.rand(rows, cols // n, n, generator=g)
+    keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, scores.topk(k, dim=-1).indices, True)
+    return from_kn_matrix(mat * keep.reshape(rows, cols).float(), shape, layout)
+
+
+@pytest.mark.parametrize("layout", KN_LAYOUTS)
+def test_kn_matrix_round_trip_and_unfold_order(layout: str) -> None:
+    w = torch.randn(6, 8, 3, 2)
+    mat = kn_matrix(w, layout)
+    assert mat.shape == (6, 48)
+    assert torch.equal(from_kn_matrix(mat, w.shape, layout), w)
+    x = torch.randn(2, 8, 5, 5)
+    cols = F.unfold(x, (3, 2))  # (B, 8*6, L), channel-major
+    if layout == "channel":  # columns p * C_in + c: kernel-position-major
+        cols = cols.reshape(2, 8, 6, -1).transpose(1, 2).reshape(2, 48, -1)
+    out = (mat @ cols).reshape(2, 6, 3, 4)
+    assert torch.allclose(out, F.conv2d(x, w), atol=1e-5)
+    lin = torch.randn(5, 12)
+    assert torch.equal(kn_matrix(lin, layout), lin)
+
+
+def test_channel_layout_groups_are_input_channels_at_one_kernel_position() -> None:
+    w = _kn_weight((4, 8, 3, 3), 2, 4, "channel", seed=1)
+    for o in range(4):
+        for i in range(3):
+            for j in range(3):
+                for c0 in (0, 4):  # hardware conv 2:4: <= 2 of every 4 input channels per (out, position)
+                    assert int((w[o, c0 : c0 + 4, i, j] != 0).sum()) == 2
+    check_kn(w, "2:4", layout="channel", layer="conv")
+    counts = kn_group_counts(w, 4, "channel")
+    assert counts.shape == (4, 18) and bool((counts == 2).all())
+    # the im2col flattening of the same weight is (generically) not 2:4
+    with pytest.raises(PatternViolation):
+        check_kn(w, "2:4", layout="matrix", layer="conv")
+
+
+@given(st.sampled_from([(1, 4), (2, 4), (3, 8), (6, 12), (8, 16), (5, 32)]), st.sampled_from(KN_LAYOUTS),
+       st.integers(0, 1000))
+def test_check_kn_accepts_legal_and_names_the_first_broken_group(kn: tuple[int, int], layout: str,
+                                                                  seed: int) -> None:
+    k, n = kn
+    w = _kn_weight((3, 2 * n, 1, 1) if seed % 2 else (3, 2 * n), k, n, layout, seed)
+    check_kn(w, (k, n), layout=layout, layer="x")
+    mat = kn_matrix(w, layout).clone()
+    g = seed % 2
+    mat[1, g * n : (g + 1) * n] = 1.0  # a full group in row 1
+    bad = from_kn_matrix(mat, w.shape, layout)
+    with pytest.raises(PatternViolation) as exc:
+        check_kn(bad, f"{k}:{n}", layout=layout, layer="blocks.3.fc")
+    msg = str(exc.value)
+    assert "'blocks.3.fc'" in msg and f"{k}:{n}" in msg and f"row 1, group {g}" in msg
+    assert f"{n} nonzeros > {k}" in msg
+    assert isinstance(exc.value, BadInput)
+    with pytest.raises(BadInput, match="does not divide"):
+        check_kn(torch.zeros(2, n + 1), (k, n), layer="odd")
+
+
+def test_detect_kn_finds_declared_patterns() -> None:
+    assert detect_kn(kn_matrix(_kn_weight((4, 16), 2, 4, "matrix", 0))) == (2, 4)
+    assert detect_kn(kn_matrix(_kn_weight((4, 32), 3, 16, "matrix", 0))) == (3, 16)
+
+
+def test_declared_patterns_are_checked_by_store_legality_and_enforce() -> None:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    store = MaskStore()
+    w = _kn_weight((8, 8), 2, 4, "matrix", 3)
+    with torch.no_grad():
+        m[0].weight.copy_(w)
+    store.add("0", m[0], w != 0)
+    with pytest.raises(PatternViolation, match="1:4"):
+        store.declare("0", "1:4")
+    store.declare("0", "2:4")
+    assert store.pattern("0") == ("2:4", "matrix")
+    assert store.patterns() == {"0": {"pattern": "2:4", "layout": "matrix"}}
+    check_legal(store, m)
+    back = MaskStore.from_state_dict(store.to_state_dict(), m, store.patterns())
+    assert back.patterns() == store.patterns()
+    assert store.bind(copy.deepcopy(m)).patterns() == store.patterns()
+    # a weight that breaks its declared pattern (its mask broken in place) is refused after a step
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    store.enforce(opt)
+    store["0"][0, :4] = True
+    with torch.no_grad():
+        m[0].weight[0, :4] = 1.0
+    loss = m(torch.randn(3, 8)).sum()
+    loss.backward()
+    with pytest.raises(PatternViolation, match=r"layer '0'.*row 0, group 0"):
+        opt.step()
+    store.remove()
+    with pytest.raises(BadInput, match="2:4"):
+        check_legal(store, m)
+    # a new mask drops the declaration
+    store.add("0", m[0], torch.ones(8, 8, dtype=torch.bool))
+    assert store.pattern("0") is None
+    with pytest.raises(BadInput, match="no mask"):
+        MaskStore.from_state_dict({}, m, {"0": {"pattern": "2:4", "layout": "matrix"}})

@@ -6,7 +6,9 @@
   with weight ``R`` and no bias.
 * :func:`capture_covariance` -- running second moments ``E[h h^T]`` of a layer's input vectors (token rows,
   im2col patches), per group of consecutive input coordinates (DESIGN, "Performance rules": accumulated on
-  the fly).
+  the fly). The coordinates are ordered as the layer's k:n matrix (:func:`mpprune.masks.kn_matrix`):
+  ``layout="matrix"`` is ``F.unfold`` order, ``layout="channel"`` kernel-position-major (a group is n input
+  channels at one kernel position: hardware-legal conv k:n). :func:`input_vectors` gives those rows.
 
 Also the small model helpers the certificate engine shares: a layer by name, its weight, the model's device
 and the logits of a model output.
@@ -30,6 +32,7 @@ __all__ = [
     "SecondMoments",
     "capture_covariance",
     "capture_layer",
+    "input_vectors",
     "layer_removed_output",
     "layer_weight",
     "logits_of",
@@ -179,8 +182,15 @@ class SecondMoments:
         return torch.block_diag(*self.mean())
 
 
-def _input_vectors(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Input vectors of a layer as rows: token rows for Linear, im2col patches for Conv2d."""
+def input_vectors(mod: nn.Module, x: torch.Tensor, layout: str = "matrix") -> torch.Tensor:
+    """Input vectors of a layer as rows: token rows for Linear, im2col patches for Conv2d.
+
+    ``layout="matrix"``: coordinates in ``F.unfold`` order (channel-major), the columns of the matrix view;
+    ``layout="channel"``: kernel-position-major (``p * C_in + c``), the columns of
+    ``mpprune.masks.kn_matrix(weight, "channel")``. The same for a Linear or a 1x1 conv.
+    """
+    if layout not in ("matrix", "channel"):
+        raise BadInput(f"layout must be 'matrix' or 'channel', got {layout!r}")
     if isinstance(mod, nn.Linear):
         return x.reshape(-1, x.shape[-1])
     if isinstance(mod, nn.Conv2d):
@@ -190,15 +200,27 @@ def _input_vectors(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
         g = mod.groups
         if g != 1:
             raise Refusal(f"covariance capture: grouped Conv2d (groups={g}) is not supported")
+        if layout == "channel":
+            b, ck, L = cols.shape
+            cin = mod.in_channels
+            cols = cols.reshape(b, cin, ck // cin, L).transpose(1, 2).reshape(b, ck, L)
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])
     raise Refusal(f"covariance capture: unsupported layer type {type(mod).__name__}")
 
 
 def capture_covariance(
-    model: nn.Module, layer: nn.Module | str, calibration: Any, group_size: int | None = None
+    model: nn.Module,
+    layer: nn.Module | str,
+    calibration: Any,
+    group_size: int | None = None,
+    *,
+    layout: str = "matrix",
 ) -> SecondMoments:
     """Accumulate ``E[h h^T]`` of ``layer``'s input vectors on the fly (float64), per group of
-    ``group_size`` consecutive input coordinates (the k:n groups); nothing else is stored."""
+    ``group_size`` consecutive input coordinates (the k:n groups) in ``layout`` order
+    (:func:`input_vectors`); nothing else is stored."""
+    if layout not in ("matrix", "channel"):
+        raise BadInput(f"layout must be 'matrix' or 'channel', got {layout!r}")
     name, mod = module_by_name(model, layer)
     w_in = layer_weight(mod)
     m_in = int(np.prod(w_in.shape[1:]))
@@ -209,7 +231,7 @@ def capture_covariance(
     state: dict[str, Any] = {"sums": torch.zeros(G, n, n, dtype=torch.float64), "count": 0}
 
     def pre(m: nn.Module, args: tuple[Any, ...]) -> None:
-        h = _input_vectors(m, args[0].detach()).double().cpu()
+        h = input_vectors(m, args[0].detach(), layout).double().cpu()
         if h.shape[1] != m_in:
             raise BadInput(f"layer {name!r}: input vectors have {h.shape[1]} entries, expected {m_in}")
         if not bool(torch.isfinite(h).all()):

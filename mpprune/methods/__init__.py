@@ -8,6 +8,7 @@ from mpprune.methods.api import Context, MethodOutput, PruneResult, prune, regis
 from mpprune.methods.classical_rmt import ClassicalRMT
 from mpprune.methods.hybrid import Hybrid
 from mpprune.methods.magnitude import Magnitude
+from mpprune.methods.nm import NM
 from mpprune.methods.seb import SEB
 from mpprune.methods.ser import SER
 
@@ -17,6 +18,7 @@ __all__ = [
     "Hybrid",
     "Magnitude",
     "MethodOutput",
+    "NM",
     "PruneResult",
     "SEB",
     "SER",
