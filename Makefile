@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.pipeline_small
 	$(PY) -m benchmarks.certify_cost
 	$(PY) -m benchmarks.smooth_bound
+	$(PY) -m benchmarks.kn
 
 verify: $(STAMP)
 	$(VENV)/bin/mptheory verify --json $(OUT)/verify.json

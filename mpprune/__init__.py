@@ -40,6 +40,7 @@ _LAZY: dict[str, str] = {
     "SEB": "mpprune.methods",
     "SER": "mpprune.methods",
     "Hybrid": "mpprune.methods",
+    "NM": "mpprune.methods",
     "Gate": "mpprune.gate",
     "MaskStore": "mpprune.masks",
     "find_layers": "mpprune.layers",

@@ -133,11 +133,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def prune_config(args: argparse.Namespace) -> Any:
     """The :class:`~mpprune.config.RunConfig` of ``mpprune prune``'s flags (stages load, prune,
     evaluate, save)."""
-    from mpprune.config import parse_config, parse_gate
+    from mpprune.config import parse_config, parse_gate, parse_method_options
 
+    options = parse_method_options(args.method_options) if args.method_options else {}
+    for key in ("name", "sparsity"):
+        if key in options:
+            raise BadInput(f"--method-options {key}=...: give it as --{'method' if key == 'name' else key}")
     raw: dict[str, Any] = {
         "model": {"name": args.model, "checkpoint": args.checkpoint, "num_classes": args.num_classes},
-        "method": {"name": args.method, "sparsity": args.sparsity},
+        "method": {"name": args.method, "sparsity": args.sparsity} | options,
         "analyze": False,
         "certify": False,
         "evaluate": not args.no_eval,
@@ -421,7 +425,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "run` (stages load, prune, evaluate, save).", epilog=EXIT_CODES_HELP)
     _add_model_args(p, "local checkpoint FILE (builtins default to bundled weights)")
     p.add_argument("--method", required=True, choices=method_names())
-    p.add_argument("--sparsity", type=float, help="fraction of zeros, in [0, 1) (not for classical_rmt)")
+    p.add_argument("--sparsity", type=float, help="fraction of zeros, in [0, 1) (not for classical_rmt, nm)")
+    p.add_argument("--method-options", metavar="SPEC",
+                   help="the method's other options, e.g. for nm: pattern=4:8,cost=certificate,"
+                        "reconstruct=true,skip=head+stem (the method's fields, a bad key lists them; a+b "
+                        "is a list, head+ a list of one, + an empty list)")
     p.add_argument("--calib", metavar=f"DIR|{data_names}",
                    help="calibration data, TRAIN split: an ImageFolder directory (its train/ folder, "
                         "or itself holding class folders; a folder whose name, symbolic links resolved, "

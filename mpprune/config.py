@@ -78,6 +78,8 @@ __all__ = [
     "make_gate",
     "gate_options",
     "parse_gate",
+    "parse_method_options",
+    "parse_pairs",
     "option_types",
     "check_option_types",
     "GATE_MINIMUMS",
@@ -112,7 +114,7 @@ def make_method(name: str, sparsity: float | None = None, **options: Any) -> Any
     check_option_types(kwargs, option_types(cls), label)
     if "sparsity" not in fields:
         if sparsity is not None:
-            raise BadInput(f"method {name} takes no sparsity (it truncates at the fitted MP edge); "
+            raise BadInput(f"method {name} takes no sparsity (its options: {', '.join(fields)}); "
                            "drop the sparsity")
     elif sparsity is None:
         raise BadInput(f"{label} needs a sparsity in [0, 1)")
@@ -290,14 +292,18 @@ def make_gate(options: Mapping[str, Any] | None) -> Any:
         raise BadInput(f"gate: {exc}") from exc
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(text: str, colon_tuples: bool = True) -> Any:
     t = text.strip()
     if t.lower() in ("none", "null"):
         return None
     if t.lower() in ("true", "false"):
         return t.lower() == "true"
-    if ":" in t:
+    if ":" in t and colon_tuples:
         return tuple(_parse_value(x) for x in t.split(":"))
+    if "+" in t and not colon_tuples:  # a list: "head+stem", "head+" (one item), "+" (none)
+        return tuple(_parse_value(x, False) for x in t.split("+") if x.strip())
+    if ":" in t:
+        return t
     try:
         return int(t)
     except ValueError:
@@ -308,23 +314,34 @@ def _parse_value(text: str) -> Any:
         return t
 
 
-def parse_gate(text: str) -> dict[str, Any]:
-    """Parse ``"min_certified=0.99,elastic_net=1e-3:1e-4,backoff=bisect"`` into keyword arguments.
-
-    ``a:b`` becomes the tuple ``(a, b)``; numbers become int/float; ``none`` → None; ``true/false`` → bool.
-    """
+def parse_pairs(text: str, what: str = "gate", *, colon_tuples: bool = True) -> dict[str, Any]:
+    """Parse ``"key=value,key=value"`` into keyword arguments: numbers become int/float, ``none`` → None,
+    ``true/false`` → bool, and with ``colon_tuples`` ``a:b`` → the tuple ``(a, b)`` (else the string, as a
+    k:n pattern ``"4:8"``)."""
     out: dict[str, Any] = {}
     for part in (p for p in text.split(",") if p.strip()):
         if "=" not in part:
-            raise BadInput(f"gate option {part!r} is not of the form key=value (in {text!r})")
+            raise BadInput(f"{what} option {part!r} is not of the form key=value (in {text!r})")
         k, v = part.split("=", 1)
         k = k.strip()
         if not k.isidentifier():
-            raise BadInput(f"gate option name {k!r} is not a valid name (in {text!r})")
-        out[k] = _parse_value(v)
+            raise BadInput(f"{what} option name {k!r} is not a valid name (in {text!r})")
+        out[k] = _parse_value(v, colon_tuples)
     if not out:
-        raise BadInput(f"empty gate specification {text!r}")
+        raise BadInput(f"empty {what} specification {text!r}")
     return out
+
+
+def parse_gate(text: str) -> dict[str, Any]:
+    """Parse ``"min_certified=0.99,elastic_net=1e-3:1e-4,backoff=bisect"`` into keyword arguments
+    (:func:`parse_pairs`; ``a:b`` becomes the tuple ``(a, b)``)."""
+    return parse_pairs(text, "gate")
+
+
+def parse_method_options(text: str) -> dict[str, Any]:
+    """Parse ``--method-options "pattern=4:8,cost=magnitude,skip=head+stem"`` (:func:`parse_pairs`;
+    ``a:b`` stays a string, ``a+b`` is a list: ``head+`` one item, ``+`` none)."""
+    return parse_pairs(text, "method", colon_tuples=False)
 
 
 

@@ -328,3 +328,22 @@ def test_bench_speed_bad_input_writes_nothing(tmp_path, capsys, extra, named):
 
 def test_bench_speed_refuses_a_folder_that_is_not_a_checkpoint(tmp_path):
     assert main(["bench", "--speed", str(tmp_path / "missing"), "--input-shape", "64", "--quiet"]) == 2
+
+
+def test_prune_passes_method_options_to_nm(tmp_path):
+    out = tmp_path / "nm"
+    assert main(["prune", "--model", "tiny-mlp", "--method", "nm", "--method-options",
+                 "pattern=1:4,cost=magnitude,skip=head+", "--out", str(out), "--quiet", "--no-eval"]) == 0
+    model, _, manifest = load_pruned(out)
+    w = model[0].weight.detach()  # the first Linear (64 inputs) is projected, the head is skipped
+    assert int((w.reshape(w.shape[0], -1, 4) != 0).sum(-1).max()) == 1
+    assert torch.count_nonzero(model[2].weight) == model[2].weight.numel()
+
+
+@pytest.mark.parametrize("spec, named", [("pattern=4:3", "pattern"), ("bogus=1", "bogus"),
+                                         ("sparsity=0.5", "--sparsity"), ("pattern", "key=value")])
+def test_prune_method_options_bad_input(tmp_path, capsys, spec, named):
+    out = tmp_path / "nm"
+    assert main(["prune", "--model", "tiny-mlp", "--method", "nm", "--method-options", spec,
+                 "--out", str(out), "--quiet", "--no-eval"]) == 2
+    assert not out.exists() and named in capsys.readouterr().err
