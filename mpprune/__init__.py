@@ -11,14 +11,14 @@ Public surface (loaded lazily so that ``import mpprune`` stays cheap)::
     model, masks, manifest = mpp.load_pruned(out_dir)
     from mpprune.certify import certify                           # per-layer, per-sample certificates
 
-Modules: ``models`` (the model registry), ``data`` (datasets, calibration, accuracy), ``layers``,
-``spectrum``, ``masks``, ``methods`` (the method registry and ``prune``), ``certify`` (the certificate
-engine), ``gate`` (the hard gate on certificates), ``tome`` (token merging), ``train`` and ``distill``
-(frozen-mask distillation, DDP through torchrun), ``vit_mnist`` (a small ViT trained on the real digits),
-``macs`` (MAC accounting), ``sparse_exec`` (sparse execution), ``io`` (atomic publishing, provenance),
-``checkpoint``, ``config`` (the typed run config; ``options`` its option types), ``run`` (the staged run
-behind ``mpprune run`` and ``mpprune prune``; ``stages`` its stage functions), ``errors`` (bad input /
-refusal / internal), ``cli``.
+Modules: ``models`` (the model registry; ``builders`` its builders), ``data`` (datasets, calibration,
+accuracy), ``layers``, ``spectrum``, ``masks``, ``methods`` (the method registry and ``prune``), ``certify``
+(the certificate engine), ``gate`` (the hard gate on certificates), ``tome`` (token merging), ``train`` and
+``distill`` (frozen-mask distillation, DDP through torchrun), ``vit_mnist`` (a small ViT trained on the real
+digits), ``macs`` (MAC accounting), ``sparse_exec`` (sparse execution), ``io`` (atomic publishing,
+provenance), ``checkpoint``, ``config`` (the typed run config; ``options`` its option types), ``run`` (the
+staged run behind ``mpprune run`` and ``mpprune prune``; ``stages`` its stage functions), ``errors`` (bad
+input / refusal / internal), ``cli``.
 
 ``mpprune`` imports ``mptheory``, never the reverse.
 """
