@@ -68,7 +68,6 @@ __all__ = [
     "KnConfig",
     "ToMeConfig",
     "DistillConfig",
-    "nm_class",
     "DataConfig",
     "RunConfig",
     "OPTIONAL_STAGES",
@@ -346,14 +345,10 @@ def parse_method_options(text: str) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------- k:n, ToMe, distill
-def nm_class() -> type:
-    """``mpprune.methods.NM``; :class:`BadInput` saying so when this mpprune has no k:n method yet."""
-    try:
-        from mpprune.methods import NM  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise BadInput("[kn] needs mpprune.methods.NM (certificate-aware k:n), which this installation of "
-                       "mpprune does not have") from exc
-    return NM  # type: ignore[no-any-return]
+def _nm() -> type:
+    from mpprune.methods import NM
+
+    return NM
 
 
 @dataclass(frozen=True)
@@ -372,7 +367,7 @@ class KnConfig:
         if include is not None:
             kwargs["include"] = tuple(include)
         try:
-            return nm_class()(**kwargs, source=source)
+            return _nm()(**kwargs, source=source)
         except BadInput:
             raise
         except (ValueError, TypeError) as exc:
@@ -384,7 +379,7 @@ class KnConfig:
     @classmethod
     def parse(cls, table: Any, where: str = "[kn]") -> KnConfig:
         t = {k: _tuples(v) for k, v in _table(table, where).items()}
-        hints = {k: h for k, h in option_types(nm_class()).items() if k != "source"}
+        hints = {k: h for k, h in option_types(_nm()).items() if k != "source"}
         layers = t.pop("layers", None)
         if layers is not None:
             if isinstance(layers, str):

@@ -13,21 +13,11 @@ from pathlib import Path
 import pytest
 
 from mpprune.cli import main
-from mpprune.config import nm_class
-from mpprune.errors import BadInput
 from mpprune.run import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "experiments").rglob("*.toml"))
 ROWS = sorted((ROOT / "experiments" / "configs").glob("*.toml"))
-
-
-def _has_nm() -> bool:
-    try:
-        nm_class()
-    except BadInput:
-        return False
-    return True
 
 
 def test_there_are_configs() -> None:
@@ -38,8 +28,6 @@ def test_there_are_configs() -> None:
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.relative_to(ROOT / "experiments").as_posix())
 def test_config_dry_runs_and_writes_nothing(config: Path, tmp_path: Path, capsys) -> None:
-    if "kn" in tomllib.loads(config.read_text()) and not _has_nm():
-        pytest.skip("[kn] needs mpprune.methods.NM (certificate-aware k:n), not in this mpprune yet")
     out = tmp_path / "out"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the rows' checkpoints and ImageNet folders are missing here

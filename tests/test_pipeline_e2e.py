@@ -16,8 +16,6 @@ from torch import nn
 
 from mpprune import run as R
 from mpprune.checkpoint import kn_legal, load_pruned
-from mpprune.config import nm_class
-from mpprune.errors import BadInput
 from mpprune.models import MNIST_MEAN, MNIST_STD, MODELS, ModelEntry
 from mpprune.tome import apply_tome
 from mpprune.train import Recipe
@@ -52,15 +50,6 @@ def tiny_vit(monkeypatch: pytest.MonkeyPatch) -> str:
     return name
 
 
-def _has_nm() -> bool:
-    try:
-        nm_class()
-    except BadInput:
-        return False
-    return True
-
-
-NO_NM = "mpprune.methods.NM (certificate-aware k:n) is not in this mpprune yet"
 
 
 def _config(model: str, out: Path, kn: bool) -> str:
@@ -107,7 +96,7 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize(
-    "kn", [False, pytest.param(True, marks=pytest.mark.skipif(not _has_nm(), reason=NO_NM))],
+    "kn", [False, True],
     ids=["seb-tome-distill", "seb-kn-tome-distill"])
 def test_pipeline_end_to_end_and_resume_mid_distillation(
     kn: bool, tiny_vit: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -184,15 +173,6 @@ def test_pipeline_end_to_end_and_resume_mid_distillation(
     # ... to the same weights as the uninterrupted run, bit for bit (CPU)
     a, b = _weights(tmp_path / "a" / "model"), _weights(tmp_path / "b" / "model")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_kn_stage_without_nm_is_bad_input_at_validation(tmp_path: Path) -> None:
-    if _has_nm():
-        pytest.skip("mpprune.methods.NM exists: the [kn] section is valid")
-    from mpprune.config import parse_config
-
-    with pytest.raises(BadInput, match="mpprune.methods.NM"):
-        parse_config({"out": str(tmp_path / "o"), "model": {"name": "tiny-mlp"}, "kn": {"pattern": "2:4"}})
 
 
 @pytest.mark.slow

@@ -170,13 +170,7 @@ def test_config_round_trip_and_registry_names(tmp_path: Path) -> None:
     # the method names are the registry's: every name builds its registered config type
     import dataclasses
 
-    from mpprune.config import nm_class
-
-    try:
-        nm = {"nm"} if nm_class() else set()
-    except BadInput:
-        nm = set()
-    assert set(method_names()) == {"magnitude", "seb", "ser", "hybrid", "classical_rmt"} | nm
+    assert set(method_names()) == {"magnitude", "seb", "ser", "hybrid", "classical_rmt", "nm"}
     for name in method_names():
         takes_sparsity = "sparsity" in {f.name for f in dataclasses.fields(method_config(name))}
         obj = make_method(name, 0.3 if takes_sparsity else None)
@@ -293,16 +287,10 @@ def test_dry_run_validates_the_pipeline_stages(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_kn_section_needs_nm_or_is_validated(tmp_path: Path) -> None:
-    from mpprune.config import nm_class
-
+def test_kn_section_is_validated(tmp_path: Path) -> None:
     cfg = _vit(tmp_path / "o") | {"kn": {"pattern": "2:4", "layers": ["blocks.*.mlp.*"]}}
-    try:
-        nm_class()
-    except BadInput:
-        with pytest.raises(BadInput, match=r"\[kn\] needs mpprune.methods.NM"):
-            parse_config(cfg)
-        return
+    with pytest.raises(BadInput, match="pattern"):
+        parse_config(_vit(tmp_path / "o") | {"kn": {"pattern": "5:4"}})
     plan = R.dry_run(cfg)
     assert plan["kn"]["include"] == ["blocks.0.mlp.fc1", "blocks.0.mlp.fc2", "blocks.1.mlp.fc1",
                                      "blocks.1.mlp.fc2"]
