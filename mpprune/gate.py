@@ -13,6 +13,11 @@ model, its masks, the per-layer verdicts (:class:`GateLayer`) and the certificat
 
 Both report the per-layer and the whole-model certified fraction and the realised flips, and every line says
 ``sound`` or ``ESTIMATE``. Wrong settings and wrong calibration data are :class:`~mptheory.errors.BadInput`.
+
+This module holds :class:`Gate` (its settings, rules, the per-layer scope and the back-off); the verdicts
+:class:`GateLayer` and :class:`GateResult` live in :mod:`mpprune.gate_result` and the model-scope margin
+allocation (:func:`allocate_shares` and steps 1-3) in :mod:`mpprune.gate_allocation`; all are importable
+from here.
 """
 
 from __future__ import annotations
