@@ -304,11 +304,10 @@ class TangentEnclosure:
         spread = self._spread(p, t, r)
         if spread is None:
             return None
-        if name in ("relu", "relu_"):  # gains 0 (below 0) and 1: the common case, in few ops
-            # p - spread <= 0 and p + spread >= 0, compared without forming the sums (the same in floats)
-            off = torch.where(p <= spread, t_out.abs(), 0.0)
-            return torch.maximum(off, torch.where(p >= -spread, (t - t_out).abs() + r, 0.0))
         lo_v, hi_v = p - spread, p + spread
+        if name in ("relu", "relu_"):  # gains 0 (below 0) and 1: the common case, in few ops
+            off = torch.where(lo_v <= 0, t_out.abs(), 0.0)
+            return torch.maximum(off, torch.where(hi_v >= 0, (t - t_out).abs() + r, 0.0))
         inf = math.inf
         if name.startswith("leaky"):
             a = float(_arg(args, kwargs, 1, "negative_slope", 0.01))

@@ -294,8 +294,7 @@ class TailTrace(TorchFunctionMode):
         r = torch.nan_to_num(rate.reshape(self.B, -1), nan=0.0, posinf=0.0, neginf=0.0)
         if r.shape[1] == 0:
             return
-        lo_t, hi_t = torch.aminmax(r, dim=1)  # one pass over the rates (as amin and amax)
-        hi, lo = hi_t.double().cpu(), lo_t.double().cpu()
+        hi, lo = r.amax(1).double().cpu(), r.amin(1).double().cpu()
         inf = torch.full_like(hi, math.inf)
         f = torch.where(hi > 0, 1.0 / torch.where(hi > 0, hi, 1.0), inf)
         b = torch.where(lo < 0, -1.0 / torch.where(lo < 0, lo, -1.0), inf)
