@@ -28,8 +28,9 @@ One concept per module:
 
 The gate (:class:`Gate`, :class:`GateLayer`, :class:`GateResult`) lives in :mod:`mpprune.gate` (with
 :mod:`mpprune.gate_result` and :mod:`mpprune.gate_allocation`) and is re-exported here; by default it
-certifies the model it writes (the D11 chain, ``scope="model"``). Every certificate runs on the model's device, in float64 on a copy of the model; the models passed in are never
-modified. Every report line says ``sound`` or ``ESTIMATE``.
+certifies the model it writes (the D11 chain, ``scope="model"``). Every certificate runs on the model's
+device, in float64 on a copy of the model; the models passed in are never modified. Every report line says
+``sound`` or ``ESTIMATE``.
 """
 
 from __future__ import annotations
