@@ -13,13 +13,18 @@ model, its masks, the per-layer verdicts (:class:`GateLayer`) and the certificat
 
 Both report the per-layer and the whole-model certified fraction and the realised flips, and every line says
 ``sound`` or ``ESTIMATE``. Wrong settings and wrong calibration data are :class:`~mptheory.errors.BadInput`.
+
+This module holds :class:`Gate` (its settings, rules, the per-layer scope and the back-off); the verdicts
+:class:`GateLayer` and :class:`GateResult` live in :mod:`mpprune.gate_result` and the model-scope margin
+allocation (:func:`allocate_shares` and steps 1-3) in :mod:`mpprune.gate_allocation`; all are importable
+from here.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,18 +34,12 @@ from tqdm.auto import tqdm
 
 from mpprune.certify.calibration import iter_calibration, materialise
 from mpprune.certify.capture import layer_weight
-from mpprune.certify.chain import (
-    certify,
-    certify_step,
-    chain_report,
-    changed_layers,
-    dense_logits,
-    model_order,
-)
+from mpprune.certify.chain import certify, changed_layers, model_order
 from mpprune.certify.estimators import certify_layer, resolve_estimator
-from mpprune.certify.report import CHAIN, CertificateReport, LayerCertificate, soundness_label
+from mpprune.certify.report import CertificateReport, LayerCertificate
+from mpprune.gate_allocation import allocate_shares, apply_model_scope
+from mpprune.gate_result import LAYER_SCOPE_NOTE, GateLayer, GateResult, PrunedLayer, set_weight
 from mpprune.masks import MaskStore
-from mptheory.certificates import prediction_margin
 from mptheory.errors import BadInput
 from mptheory.lipschitz import ESTIMATORS as LIPSCHITZ_ESTIMATORS
 
@@ -48,208 +47,6 @@ __all__ = ["SCOPES", "Gate", "GateLayer", "GateResult", "allocate_shares"]
 
 #: the gate's scopes: the shipped model (D11 chain) or each layer alone in the dense model
 SCOPES = ("model", "layer")
-_LAYER_SCOPE_NOTE = (
-    "scope=layer: each layer was gated ALONE in the dense model; this does NOT certify the shipped model "
-    "(see the whole-model total)"
-)
-# shares of the margin are floored at this fraction of the largest share (a layer never gets none)
-_SHARE_FLOOR = 1e-3
-# in the allocation, a sample decided below its allowance is refined on down to this fraction of it (or
-# rel_tol of its slope), so that what it does not use flows on to the later layers
-_FLOOR = 0.5
-# in the first chain, a sample below its equal share is refined on down to this fraction of it: the spends
-# that set the shares are then at most this much above the layers' real ones
-_FIRST_FLOOR = 0.5
-# a layer that keeps its requested sparsity gets this much more than it spent on its worst target sample
-_HEADROOM = 1.05
-
-
-def allocate_shares(spend: np.ndarray) -> np.ndarray:
-    """Shares of the margin from the layers' spends (``max_{s in T} 2 eta_{j,s} / margin_s``), summing to 1.
-
-    The layers that spend most are backed off: the top spenders, fewest first, are put in the set K until the
-    others, each given ``_HEADROOM`` times its spend, leave K at least a twentieth of the margin; the others
-    keep that (so they keep their sparsity), and K splits the rest in proportion to its spends. When even
-    that fails, all layers share the margin in proportion to their spends. Every share is at least
-    ``_SHARE_FLOOR`` of the largest."""
-    spend = np.asarray(spend, dtype=np.float64)
-    top = float(spend.max()) if spend.size else 0.0
-    if top <= 0:
-        return np.full(spend.size, 1.0 / max(spend.size, 1))
-    order = np.argsort(-spend, kind="stable")
-    share = spend / spend.sum()
-    for k in range(1, spend.size + 1):
-        rest = np.ones(spend.size, dtype=bool)
-        rest[order[:k]] = False
-        kept = _HEADROOM * float(spend[rest].sum())
-        if kept <= 0.95:
-            share = np.where(rest, _HEADROOM * spend, (1.0 - kept) * spend / float(spend[~rest].sum()))
-            break
-    share = np.maximum(share, _SHARE_FLOOR * top)
-    return share / share.sum()
-
-
-@dataclass
-class GateLayer:
-    """The gate's verdict on one layer: ``status`` is ``"passed"``, ``"backed_off"`` or ``"left_dense"``.
-
-    ``certificate``: the layer's final certificate (in the network ``certificate.network`` names),
-    ``initial``: its certificate at the requested sparsity; ``share``: its share of the margin
-    (``scope="model"`` after an allocation, else None)."""
-
-    name: str
-    status: str
-    sparsity_requested: float
-    sparsity_final: float
-    restored: int
-    reason: str
-    certificate: LayerCertificate | None = field(default=None, repr=False)
-    initial: LayerCertificate | None = field(default=None, repr=False)
-    share: float | None = None
-
-    @property
-    def label(self) -> str:
-        """``"sound"`` or ``"ESTIMATE"`` of the certificate the verdict rests on (``"sound"`` when the layer
-        was left dense: an unpruned layer changes nothing)."""
-        c = self.certificate if self.certificate is not None else None
-        return soundness_label(True if c is None else c.sound)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "status": self.status,
-            "sparsity_requested": self.sparsity_requested,
-            "sparsity_final": self.sparsity_final,
-            "restored": self.restored,
-            "reason": self.reason,
-            "label": self.label,
-            "share": self.share,
-            "certificate": self.certificate.to_dict() if self.certificate is not None else None,
-            "initial_certificate": self.initial.to_dict() if self.initial is not None else None,
-        }
-
-
-@dataclass
-class GateResult:
-    """``model`` and ``masks`` after the gate; ``layers`` the per-layer verdicts; ``report`` the certificate
-    of the gated model: per layer and the whole-model D11 total with its realised flips (None when nothing
-    stays pruned, or for ``scope="layer"`` with ``final_report=False``)."""
-
-    model: nn.Module
-    masks: MaskStore
-    layers: list[GateLayer]
-    report: CertificateReport | None
-    rules: dict[str, Any]
-    scope: str = "model"
-
-    @property
-    def passed(self) -> bool:
-        """Every layer kept the requested pruning."""
-        return all(gl.status == "passed" for gl in self.layers)
-
-    @property
-    def certified_fraction(self) -> float | None:
-        """The whole-model certified fraction of the gated model (None without a report)."""
-        return None if self.report is None else self.report.certified_fraction
-
-    @property
-    def flips(self) -> int | None:
-        """Realised prediction flips of the gated model on the calibration set (None without a report)."""
-        return None if self.report is None else self.report.flips
-
-    @property
-    def certifies_model(self) -> bool:
-        """Whether the gated model carries a sound whole-model certificate meeting ``min_certified`` (a model
-        with nothing pruned does; ``scope="layer"`` is judged on its final report, which it did not gate)."""
-        if not any(gl.status != "left_dense" for gl in self.layers):
-            return True
-        if self.report is None:
-            return False
-        return self.report.sound and self.report.certified_fraction >= float(self.rules["min_certified"])
-
-    def layer(self, name: str) -> GateLayer:
-        for gl in self.layers:
-            if gl.name == name:
-                return gl
-        raise KeyError(name)
-
-    def summary_line(self) -> str:
-        """One line: scope, whole-model certified fraction, realised flips, sound or ESTIMATE."""
-        if self.report is None:
-            whole = "no whole-model report"
-        else:
-            r = self.report
-            whole = (
-                f"whole model: {100 * r.certified_fraction:.2f} % certified ({r.label}), "
-                f"{r.flips}/{r.n_samples} realised flips"
-            )
-        scope = (
-            "scope=model: gated on the whole-model (D11) certificate of the shipped model"
-            if self.scope == "model"
-            else _LAYER_SCOPE_NOTE
-        )
-        return f"{scope}; {whole}"
-
-    def to_dict(self) -> dict[str, Any]:
-        r = self.report
-        return {
-            "rules": dict(self.rules),
-            "scope": self.scope,
-            "layers": [gl.to_dict() for gl in self.layers],
-            "whole_model": {
-                "certified_fraction": self.certified_fraction,
-                "flips": self.flips,
-                "n_samples": None if r is None else r.n_samples,
-                "sound": None if r is None else r.sound,
-                "label": None if r is None else r.label,
-                "certifies_model": self.certifies_model,
-                "summary": self.summary_line(),
-            },
-            "certificate": r.to_dict() if r is not None else None,
-        }
-
-    def to_markdown(self) -> str:
-        lines = [
-            self.summary_line(),
-            "",
-            "| layer | verdict | sparsity requested | sparsity final | certificate | why |",
-            "|---|---|---|---|---|---|",
-        ]
-        for gl in self.layers:
-            lines.append(
-                f"| {gl.name} | {gl.status} | {gl.sparsity_requested:.3f} | "
-                f"{gl.sparsity_final:.3f} | {gl.label} | {gl.reason} |"
-            )
-        out = "\n".join(lines) + "\n"
-        if self.report is not None:
-            out += "\n" + self.report.to_markdown()
-        return out
-
-
-@dataclass
-class _Layer:
-    """What the gate knows about one pruned layer: dense and requested weights, removed entries in the
-    order they are restored (largest dense ``|w|`` first)."""
-
-    name: str
-    Wd: torch.Tensor
-    Wp: torch.Tensor
-    order: torch.Tensor
-    requested: float
-
-    @property
-    def n_removed(self) -> int:
-        return int(self.order.numel())
-
-    def candidate(self, k: int) -> torch.Tensor:
-        """The requested weight with the ``k`` largest removed entries restored (the dense weight at ``k =
-        n_removed``)."""
-        if k >= self.n_removed:
-            return self.Wd.clone()
-        flat = self.Wp.reshape(-1).clone()
-        if k > 0:
-            flat[self.order[:k]] = self.Wd.reshape(-1)[self.order[:k]]
-        return flat.reshape(self.Wp.shape)
 
 
 @dataclass
@@ -369,7 +166,7 @@ class Gate:
 
     # -- rules -------------------------------------------------------------------------------------
     @staticmethod
-    def _tag(cert: LayerCertificate) -> str:
+    def tag(cert: LayerCertificate) -> str:
         return f"[{cert.estimator}, {cert.label}]"
 
     def check_elastic_net(self, cert: LayerCertificate, S: torch.Tensor, R: torch.Tensor) -> tuple[bool, str]:
@@ -389,12 +186,12 @@ class Gate:
             sr = float((S.double() * R.double()).sum())
             lhs, rhs, rule = cert.budget + 2 * l2 * abs(sr), l2 * cert.r_fro2, "D4"
         if not lhs < rhs:
-            return False, f"{rule}: B_T(R) term {lhs:.4g} >= lambda penalty {rhs:.4g} {self._tag(cert)}"
+            return False, f"{rule}: B_T(R) term {lhs:.4g} >= lambda penalty {rhs:.4g} {self.tag(cert)}"
         return True, f"; {rule}: {lhs:.4g} < {rhs:.4g}"
 
     def check(self, cert: LayerCertificate, S: torch.Tensor, R: torch.Tensor) -> tuple[bool, str]:
         """The per-layer rule (``scope="layer"``) on one layer certificate: (ok, explanation with numbers)."""
-        tag = self._tag(cert)
+        tag = self.tag(cert)
         cf = cert.certified_fraction
         if cf < self.min_certified:
             return False, f"certified fraction {cf:.4f} < min_certified {self.min_certified} {tag}"
@@ -407,7 +204,7 @@ class Gate:
     ) -> tuple[bool, str]:
         """The model-scope rule on one chain certificate: ``eta_s < allow_s`` on the target samples, a sound
         certificate (unless the gate's estimator is an estimate), and the elastic-net rule."""
-        tag = self._tag(cert)
+        tag = self.tag(cert)
         if self.needs_sound and not cert.sound:
             return False, f"no sound certificate {tag}: {'; '.join(cert.notes) or 'estimate'}"
         over = cert.eta[targets] >= allow[targets]
@@ -434,7 +231,7 @@ class Gate:
             names = [n for n in masks]
         else:
             names = changed_layers(original, pruned, None)
-        layers: list[_Layer] = []
+        layers: list[PrunedLayer] = []
         for n in model_order(original, names) if all(n in omods for n in names) else names:
             if n not in omods or n not in gmods:
                 raise BadInput(f"gate: layer {n!r} missing from the original or pruned model")
@@ -447,14 +244,14 @@ class Gate:
                 continue
             idx = torch.nonzero(removed).reshape(-1)
             order = idx[torch.argsort(Wd.reshape(-1)[idx].abs(), descending=True, stable=True)]
-            layers.append(_Layer(n, Wd, Wp, order, float((Wp == 0).sum()) / Wp.numel()))
+            layers.append(PrunedLayer(n, Wd, Wp, order, float((Wp == 0).sum()) / Wp.numel()))
         bar = tqdm(total=2 * len(layers), desc=f"gate (scope={self.scope})", unit="cert", leave=False,
                    disable=None if self.progress is None else not self.progress)  # fmt: skip
         try:
             if self.scope == "layer":
                 verdicts, report = self._apply_layer(original, layers, calibration, gmods, model, bar)
             else:
-                verdicts, report = self._apply_model(original, layers, calibration, gmods, model, bar)
+                verdicts, report = apply_model_scope(self, original, layers, calibration, gmods, model, bar)
         finally:
             bar.close()
         out_masks = MaskStore()
@@ -470,16 +267,11 @@ class Gate:
             scope=self.scope,
         )
 
-    @staticmethod
-    def _set(target: nn.Module, W: torch.Tensor) -> None:
-        with torch.no_grad():
-            layer_weight(target).copy_(W.to(layer_weight(target)))
-
     # -- scope="layer" -----------------------------------------------------------------------------
     def _apply_layer(
         self,
         original: nn.Module,
-        layers: list[_Layer],
+        layers: list[PrunedLayer],
         calibration: Any,
         gmods: dict[str, nn.Module],
         model: nn.Module,
@@ -496,10 +288,12 @@ class Gate:
             report = certify(original, model, calibration, kept, self.estimator, n_theta=self.n_theta,
                              progress=False)  # fmt: skip
         for v in verdicts:
-            v.reason = f"{v.reason} ({_LAYER_SCOPE_NOTE})"
+            v.reason = f"{v.reason} ({LAYER_SCOPE_NOTE})"
         return verdicts, report
 
-    def _gate_layer(self, original: nn.Module, ly: _Layer, calibration: Any, target: nn.Module) -> GateLayer:
+    def _gate_layer(
+        self, original: nn.Module, ly: PrunedLayer, calibration: Any, target: nn.Module
+    ) -> GateLayer:
         def evaluate(W: torch.Tensor) -> tuple[bool, str, LayerCertificate]:
             c = certify_layer(
                 original,
@@ -516,10 +310,10 @@ class Gate:
         ok, why, cert0 = evaluate(ly.Wp)
         if ok:
             return GateLayer(ly.name, "passed", ly.requested, ly.requested, 0, why, cert0, cert0)
-        return self._backoff(ly, evaluate, why, cert0, target)
+        return self.backoff_layer(ly, evaluate, why, cert0, target)
 
-    def _backoff(
-        self, ly: _Layer, evaluate: Any, why: str, cert0: LayerCertificate | None, target: nn.Module
+    def backoff_layer(
+        self, ly: PrunedLayer, evaluate: Any, why: str, cert0: LayerCertificate | None, target: nn.Module
     ) -> GateLayer:
         """Bisect the number of restored weights (or go dense); write the final weight into ``target``."""
         n_rem = ly.n_removed
@@ -539,7 +333,7 @@ class Gate:
             if best is not None:
                 final_k, final_cert, final_why = best
         W_final = ly.candidate(final_k)
-        self._set(target, W_final)
+        set_weight(target, W_final)
         sp = float((W_final == 0).sum()) / W_final.numel()
         if final_k >= n_rem:
             return GateLayer(ly.name, "left_dense", ly.requested, sp, n_rem,
@@ -554,151 +348,3 @@ class Gate:
             final_cert,
             cert0,
         )
-
-    # -- scope="model" -----------------------------------------------------------------------------
-    def _step(
-        self,
-        inter: nn.Module,
-        name: str,
-        W: torch.Tensor,
-        calibration: Any,
-        targets: np.ndarray,
-        floor: float = 1.0,
-    ) -> LayerCertificate:
-        """Layer ``name`` in the intermediate network, decided against ``targets`` and refined down to
-        ``floor`` times them."""
-        return certify_step(
-            inter, name, W, calibration, self.estimator, targets=targets, floors=floor * targets,
-            rel_tol=self.rel_tol, n_theta=self.n_theta, max_probes=self.max_probes, network=CHAIN,
-        )  # fmt: skip
-
-    def _apply_model(
-        self,
-        original: nn.Module,
-        layers: list[_Layer],
-        calibration: Any,
-        gmods: dict[str, nn.Module],
-        model: nn.Module,
-        bar: Any,
-    ) -> tuple[list[GateLayer], CertificateReport | None]:
-        if not layers:
-            return [], None
-        M = len(layers)
-        inter = copy.deepcopy(original)
-        imods = dict(inter.named_modules())
-        # 1. the chain at the requested sparsities, each layer against an equal share of the margin
-        margin = prediction_margin(dense_logits(original, calibration))
-        first: list[LayerCertificate] = []
-        for ly in layers:
-            bar.set_postfix_str(f"{ly.name} (chain, requested)", refresh=False)
-            first.append(self._step(inter, ly.name, ly.Wp, calibration, margin / (2 * M), _FIRST_FLOOR))
-            self._set(imods[ly.name], ly.Wp)
-            bar.update()
-        n = margin.size
-        need = math.ceil(float(self.min_certified) * n - 1e-9)
-        total = np.sum([c.eta for c in first], axis=0)
-        n_cert = int(np.sum(margin > 2 * total))
-        rules = [self.check_elastic_net(c, ly.Wp, ly.Wd - ly.Wp) for c, ly in zip(first, layers, strict=True)]
-        sound_ok = all(c.sound for c in first) or not self.needs_sound
-        if n_cert >= need and all(ok for ok, _ in rules) and sound_ok:
-            bar.update(bar.total - bar.n)
-            head = f"whole model certified on {n_cert}/{n} >= min_certified {self.min_certified} as requested"
-            passed = [
-                GateLayer(
-                    ly.name, "passed", ly.requested, ly.requested, 0, f"{head} {self._tag(c)}{en}", c, c
-                )
-                for ly, c, (_, en) in zip(layers, first, rules, strict=True)
-            ]
-            return passed, chain_report(original, model, first, calibration)
-        # 2. the target samples and the shares
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ease = np.where(total > 0, margin / (2 * total), np.inf)
-        ease[margin <= 0] = -np.inf  # a tie in the dense model can never be certified
-        targets = np.zeros(n, dtype=bool)
-        targets[np.argsort(-ease, kind="stable")[:need]] = True
-        if not bool(np.all(margin[targets] > 0)):
-            why = (
-                f"even the dense model certifies only {int(np.sum(margin > 0))}/{n} samples < min_certified "
-                f"{self.min_certified}; left dense"
-            )
-            for ly in layers:
-                self._set(gmods[ly.name], ly.Wd)
-            bar.update(bar.total - bar.n)
-            return [
-                GateLayer(
-                    ly.name,
-                    "left_dense",
-                    ly.requested,
-                    float((ly.Wd == 0).sum()) / ly.Wd.numel(),
-                    ly.n_removed,
-                    why,
-                    None,
-                    c,
-                )  # fmt: skip
-                for ly, c in zip(layers, first, strict=True)
-            ], None
-        spend = np.array(
-            [float(np.max(2 * c.eta[targets] / margin[targets])) if need else 0.0 for c in first]
-        )
-        share = allocate_shares(spend)
-        # 3. allowances in model order; back off what does not fit
-        head = (
-            f"whole-model certified fraction {n_cert / n:.4f} < min_certified {self.min_certified} at the "
-            "requested sparsities (or a rule failed)"
-        )
-        verdicts, chain = self._allocate(
-            original, layers, calibration, gmods, first, margin, targets, share, bar, head
-        )
-        return verdicts, (chain_report(original, model, chain, calibration) if chain else None)
-
-    def _allocate(
-        self,
-        original: nn.Module,
-        layers: list[_Layer],
-        calibration: Any,
-        gmods: dict[str, nn.Module],
-        first: list[LayerCertificate],
-        margin: np.ndarray,
-        targets: np.ndarray,
-        share: np.ndarray,
-        bar: Any,
-        head: str,
-    ) -> tuple[list[GateLayer], list[LayerCertificate]]:
-        """Step 3 of the model-scope rule: each layer within its allowance, in model order (the class doc)."""
-        inter = copy.deepcopy(original)
-        imods = dict(inter.named_modules())
-        rest = margin / 2.0
-        unchanged = True  # the intermediate network is still the one of step 1
-        verdicts: list[GateLayer] = []
-        chain: list[LayerCertificate] = []
-        for j, ly in enumerate(layers):
-            bar.set_postfix_str(f"{ly.name} (allocation)", refresh=False)
-            allow = rest * share[j] / float(share[j:].sum())
-            tg = np.where(targets, allow, margin / (2 * len(layers)))
-
-            def evaluate(
-                W: torch.Tensor, ly: _Layer = ly, allow: np.ndarray = allow, tg: np.ndarray = tg
-            ) -> Any:
-                c = self._step(inter, ly.name, W, calibration, tg, _FLOOR)
-                ok, why = self.check_allowance(c, W, ly.Wd - W, allow, targets)
-                return ok, why, c
-
-            ok, why, c0 = False, "", first[j]
-            if unchanged:  # step 1's certificate may already fit the allowance
-                ok, why = self.check_allowance(c0, ly.Wp, ly.Wd - ly.Wp, allow, targets)
-            if not ok:
-                ok, why, c0 = evaluate(ly.Wp)
-            bar.update()
-            why = f"{head}; share {share[j] / share.sum():.3f} of each margin: {why}"
-            if ok:
-                gl = GateLayer(ly.name, "passed", ly.requested, ly.requested, 0, why, c0, first[j])
-            else:
-                gl = self._backoff(ly, evaluate, why, first[j], gmods[ly.name])
-                unchanged = False
-            gl.share = float(share[j] / share.sum())
-            verdicts.append(gl)
-            self._set(imods[ly.name], layer_weight(gmods[ly.name]).detach())
-            if gl.status != "left_dense" and gl.certificate is not None:
-                chain.append(gl.certificate)
-                rest = rest - gl.certificate.eta
-        return verdicts, chain

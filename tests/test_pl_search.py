@@ -175,3 +175,30 @@ def test_first_conv_search_equals_old_exact_fast(mnist, digits):
 def test_first_conv_search_equals_old_exact(mnist, digits):
     """As the fast twin, 4 digits at 20 % sparsity (hundreds of pieces per digit)."""
     _first_conv_equals_old_exact(mnist, digits, 4, 0.2)
+
+
+def test_relu_enclosure_equals_the_general_switch_rule() -> None:
+    """The ReLU shortcut of the enclosure is the general two-region switch rule (LeakyReLU with slope 0),
+    bit for bit, and so are the breakpoints, on intervals wide enough that many units can switch."""
+    torch.manual_seed(3)
+    nets = []
+    for act in (nn.ReLU(), nn.LeakyReLU(0.0)):
+        torch.manual_seed(3)
+        nets.append(
+            nn.Sequential(nn.Linear(6, 40), act, nn.Linear(40, 30), copy.deepcopy(act), nn.Linear(30, 4))
+        )
+    x = torch.randn(16, 6, dtype=torch.float64)
+    W = nets[0][0].weight.detach().double()
+    S = magnitude(W, 0.5)
+    theta = np.linspace(0.05, 0.95, 16)
+    delta = np.full(16, 0.3)
+    out = []
+    for net in nets:
+        seg = Segment(net, "0", S, W - S)
+        seg.bind(x)
+        sl, tr = seg.slope(theta, breakpoints=True, delta=delta)
+        assert tr.upper is not None
+        out.append((sl, tr.upper, tr.fwd, tr.bwd))
+    assert bool(torch.isfinite(out[0][1]).all()) and bool((out[0][1] > out[0][0]).any())  # switches occur
+    for a, b in zip(out[0], out[1], strict=True):
+        assert torch.equal(a, b)

@@ -26,10 +26,11 @@ One concept per module:
                                 :func:`certify_step`: one layer in a given network, against targets
 ==============================  =================================================================
 
-The gate (:class:`Gate`, :class:`GateLayer`, :class:`GateResult`) lives in :mod:`mpprune.gate` and is
-re-exported here; by default it certifies the model it writes (the D11 chain, ``scope="model"``). Every
-certificate runs on the model's device, in float64 on a copy of the model; the models passed in are never
-modified. Every report line says ``sound`` or ``ESTIMATE``.
+The gate (:class:`Gate`, :class:`GateLayer`, :class:`GateResult`) lives in :mod:`mpprune.gate` (with
+:mod:`mpprune.gate_result` and :mod:`mpprune.gate_allocation`) and is re-exported here; by default it
+certifies the model it writes (the D11 chain, ``scope="model"``). Every certificate runs on the model's
+device, in float64 on a copy of the model; the models passed in are never modified. Every report line says
+``sound`` or ``ESTIMATE``.
 """
 
 from __future__ import annotations
