@@ -39,7 +39,7 @@ from mpprune.certify.estimators import certify_layer, resolve_estimator
 from mpprune.certify.report import CertificateReport, LayerCertificate
 from mpprune.gate_allocation import allocate_shares, apply_model_scope
 from mpprune.gate_result import LAYER_SCOPE_NOTE, GateLayer, GateResult, PrunedLayer, set_weight
-from mpprune.masks import MaskStore
+from mpprune.masks import MaskStore, parse_kn
 from mptheory.errors import BadInput
 from mptheory.lipschitz import ESTIMATORS as LIPSCHITZ_ESTIMATORS
 
@@ -85,6 +85,11 @@ class Gate:
     **scope="layer"**: each layer alone in the dense model must have certified fraction >= ``min_certified``
     (bisected or left dense as above); the whole-model total of the result is reported (``final_report``)
     but not gated on, and every report says that this does not certify the shipped model.
+
+    Both scopes: a layer whose masks declare a k:n pattern (``MaskStore.declare``, as ``NM`` does) is
+    backed off through the denser patterns ``kk:n`` of the same group size (bisection over kk; each group
+    keeps its kept entries and gets back its largest removed dense ``|w|``) or left dense, never to an
+    unstructured mask; the gated masks declare the pattern the written weight keeps (``GateLayer.pattern``).
 
     Both scopes: if ``elastic_net`` is ``(lambda1, lambda2)`` or ``"weight_decay"`` (lambda2 = weight_decay /
     2, lambda1 = 0) each layer must also meet the D5 decrease rule ``B_T(R) < lambda2 ||R||_F^2 + lambda1
@@ -244,7 +249,12 @@ class Gate:
                 continue
             idx = torch.nonzero(removed).reshape(-1)
             order = idx[torch.argsort(Wd.reshape(-1)[idx].abs(), descending=True, stable=True)]
-            layers.append(PrunedLayer(n, Wd, Wp, order, float((Wp == 0).sum()) / Wp.numel()))
+            declared = masks.pattern(n) if masks is not None and n in masks else None
+            pattern = None
+            if declared is not None:
+                k, g = parse_kn(declared[0])
+                pattern = (k, g, declared[1])
+            layers.append(PrunedLayer(n, Wd, Wp, order, float((Wp == 0).sum()) / Wp.numel(), pattern))
         bar = tqdm(total=2 * len(layers), desc=f"gate (scope={self.scope})", unit="cert", leave=False,
                    disable=None if self.progress is None else not self.progress)  # fmt: skip
         try:
@@ -258,6 +268,11 @@ class Gate:
         for n in names:
             if n in gmods:
                 out_masks.add(n, gmods[n], layer_weight(gmods[n]).detach() != 0)
+        for ly, v in zip(layers, verdicts, strict=True):  # k:n layers keep a declared pattern
+            if ly.pattern is not None and v.status != "left_dense":
+                if v.pattern is None:  # passed at the requested pattern
+                    v.pattern = f"{ly.pattern[0]}:{ly.pattern[1]}"
+                out_masks.declare(ly.name, v.pattern, ly.pattern[2])
         return GateResult(
             model=model,
             masks=out_masks,
@@ -315,7 +330,10 @@ class Gate:
     def backoff_layer(
         self, ly: PrunedLayer, evaluate: Any, why: str, cert0: LayerCertificate | None, target: nn.Module
     ) -> GateLayer:
-        """Bisect the number of restored weights (or go dense); write the final weight into ``target``."""
+        """Bisect the number of restored weights (or go dense); write the final weight into ``target``. A
+        layer with a declared k:n pattern is bisected over the denser patterns kk:n instead."""
+        if ly.pattern is not None:
+            return self._backoff_kn(ly, evaluate, why, cert0, target)
         n_rem = ly.n_removed
         final_k, final_cert, final_why = n_rem, None, ""
         if self.backoff == "bisect":
@@ -347,4 +365,43 @@ class Gate:
             f"{why}; backed off to sparsity {sp:.4f} ({final_k} weights restored): {final_why}",
             final_cert,
             cert0,
+        )
+
+    def _backoff_kn(
+        self, ly: PrunedLayer, evaluate: Any, why: str, cert0: LayerCertificate | None, target: nn.Module
+    ) -> GateLayer:
+        """Back off a k:n layer by bisection over the denser patterns kk:n (k < kk < n; n = dense), so that
+        what is written keeps a pattern a sparse kernel can run; ``backoff="dense"`` goes dense at once."""
+        assert ly.pattern is not None
+        k, n, _ = ly.pattern
+        final_kk, final_cert, final_why = n, None, ""
+        if self.backoff == "bisect":
+            lo, hi = k, n
+            for _ in range(int(self.max_bisect)):
+                if hi - lo <= 1:
+                    break
+                mid = (lo + hi) // 2
+                okm, whym, cm = evaluate(ly.kn_candidate(mid)[0])
+                if okm:
+                    hi, final_kk, final_cert, final_why = mid, mid, cm, whym
+                else:
+                    lo = mid
+        W_final, restored = ly.kn_candidate(final_kk)
+        set_weight(target, W_final)
+        sp = float((W_final == 0).sum()) / W_final.numel()
+        if final_kk >= n:
+            return GateLayer(ly.name, "left_dense", ly.requested, sp, restored,
+                             f"{why}; no denser {k + 1}..{n - 1}:{n} pattern passed: left dense "
+                             f"(backoff={self.backoff})", None, cert0)  # fmt: skip
+        return GateLayer(
+            ly.name,
+            "backed_off",
+            ly.requested,
+            sp,
+            restored,
+            f"{why}; backed off from {k}:{n} to the pattern {final_kk}:{n} ({restored} weights restored, "
+            f"sparsity {sp:.4f}): {final_why}",
+            final_cert,
+            cert0,
+            pattern=f"{final_kk}:{n}",
         )

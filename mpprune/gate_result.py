@@ -14,7 +14,7 @@ from torch import nn
 
 from mpprune.certify.capture import layer_weight
 from mpprune.certify.report import CertificateReport, LayerCertificate, soundness_label
-from mpprune.masks import MaskStore
+from mpprune.masks import MaskStore, from_kn_matrix, kn_matrix
 
 __all__ = ["LAYER_SCOPE_NOTE", "GateLayer", "GateResult", "PrunedLayer", "set_weight"]
 
@@ -31,7 +31,9 @@ class GateLayer:
 
     ``certificate``: the layer's final certificate (in the network ``certificate.network`` names),
     ``initial``: its certificate at the requested sparsity; ``share``: its share of the margin
-    (``scope="model"`` after an allocation, else None)."""
+    (``scope="model"`` after an allocation, else None); ``pattern``: the k:n pattern the final weight
+    keeps, for a layer whose masks declared one (a k:n layer is backed off through denser patterns of the
+    same group size, never to an unstructured mask), else None."""
 
     name: str
     status: str
@@ -42,6 +44,7 @@ class GateLayer:
     certificate: LayerCertificate | None = field(default=None, repr=False)
     initial: LayerCertificate | None = field(default=None, repr=False)
     share: float | None = None
+    pattern: str | None = None
 
     @property
     def label(self) -> str:
@@ -58,6 +61,7 @@ class GateLayer:
             "sparsity_final": self.sparsity_final,
             "restored": self.restored,
             "reason": self.reason,
+            "pattern": self.pattern,
             "label": self.label,
             "share": self.share,
             "certificate": self.certificate.to_dict() if self.certificate is not None else None,
@@ -165,13 +169,15 @@ class GateResult:
 @dataclass
 class PrunedLayer:
     """What the gate knows about one pruned layer: dense and requested weights, removed entries in the
-    order they are restored (largest dense ``|w|`` first)."""
+    order they are restored (largest dense ``|w|`` first), and the declared k:n ``pattern`` ``(k, n,
+    layout)`` of its mask (None: unstructured)."""
 
     name: str
     Wd: torch.Tensor
     Wp: torch.Tensor
     order: torch.Tensor
     requested: float
+    pattern: tuple[int, int, str] | None = None
 
     @property
     def n_removed(self) -> int:
@@ -186,6 +192,27 @@ class PrunedLayer:
         if k > 0:
             flat[self.order[:k]] = self.Wd.reshape(-1)[self.order[:k]]
         return flat.reshape(self.Wp.shape)
+
+    def kn_candidate(self, kk: int) -> tuple[torch.Tensor, int]:
+        """The requested weight backed off to the pattern ``kk:n`` of its declared ``k:n`` (``kk > k``):
+        every group keeps its kept entries and gets back the largest dense ``|w|`` among its removed ones
+        until it holds ``kk``; the dense weight at ``kk >= n``. Returns the weight and the number of
+        entries restored."""
+        if self.pattern is None:
+            raise ValueError(f"layer {self.name!r} declares no k:n pattern")
+        _, n, layout = self.pattern
+        if kk >= n:
+            return self.Wd.clone(), self.n_removed
+        P, D = kn_matrix(self.Wp, layout), kn_matrix(self.Wd, layout)
+        rows, cols = P.shape
+        Pg, Dg = P.reshape(rows, cols // n, n), D.reshape(rows, cols // n, n)
+        free = Pg == 0
+        score = torch.where(free, Dg.abs(), torch.full_like(Dg, -1.0))  # kept entries rank last
+        rank = torch.argsort(torch.argsort(score, dim=-1, descending=True, stable=True), dim=-1)
+        need = (kk - (~free).sum(dim=-1, keepdim=True)).clamp(min=0)
+        add = free & (rank < need) & (Dg != 0)
+        out = torch.where(add, Dg, Pg).reshape(rows, cols)
+        return from_kn_matrix(out, self.Wp.shape, layout), int(add.sum())
 
 
 def set_weight(target: nn.Module, W: torch.Tensor) -> None:
