@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from mpprune.certify.pl_enclosure import TangentEnclosure
+from mpprune.certify.pl_enclosure import TangentEnclosure, _arg, _pair  # the ops' argument readers
 
 __all__ = ["TailTrace"]
 
@@ -102,16 +102,6 @@ _AFFINE_MOD = {"linear", "conv1d", "conv2d", "conv3d", "batch_norm", "dropout", 
 _SWITCH = {"relu", "relu_", "leaky_relu", "leaky_relu_", "hardtanh", "hardtanh_", "relu6", "max_pool2d"}
 _MULTI_OK = {"cat", "concat", "stack", "sum"}  # linear, but refused by the product bound
 _LINEAR_OPS = {"linear", "conv1d", "conv2d", "conv3d"}  # tangent computed by hand when only x is dual
-
-
-def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], i: int, name: str, default: Any = None) -> Any:
-    if name in kwargs:
-        return kwargs[name]
-    return args[i] if len(args) > i else default
-
-
-def _pair(v: Any) -> tuple[int, int]:
-    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
 
 
 class TailTrace(TorchFunctionMode):
