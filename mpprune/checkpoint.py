@@ -39,7 +39,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from mpprune import masks as masks_module
 from mpprune.errors import BadInput
 from mpprune.io import (
     OUTPUT_KEY,
@@ -50,7 +49,7 @@ from mpprune.io import (
     publish_files,
     utc_now,
 )
-from mpprune.masks import MaskStore, check_legal, sparsity, weight_of
+from mpprune.masks import MaskStore, check_kn, check_legal, sparsity, weight_of
 from mpprune.models import build_model, check_finite
 from mptheory.io import dumps_json, jsonable
 
@@ -135,21 +134,15 @@ def declared_pattern(config: Any) -> tuple[int, int] | None:
     return None
 
 
-def kn_legal(weight: torch.Tensor, k: int, n: int) -> bool:
+def kn_legal(weight: torch.Tensor, k: int, n: int, layout: str = "matrix") -> bool:
     """Whether ``weight`` keeps at most ``k`` nonzeros in every ``n`` consecutive entries along its input
-    (reduction) axis, read as ``(out, in)`` in ``F.unfold`` order. Uses ``mpprune.masks.check_kn`` when the
-    library has it; otherwise counts the nonzeros of each group here."""
-    check = getattr(masks_module, "check_kn", None)
-    if callable(check):
-        try:
-            ok = check(weight, f"{k}:{n}")
-        except ValueError:  # BadInput included: an illegal weight
-            return False
-        return True if ok is None else bool(ok)
-    w = weight.detach().reshape(weight.shape[0], -1)
-    if w.shape[1] % n:
+    (reduction) axis in ``layout`` (:func:`mpprune.masks.check_kn`; ``"matrix"``: ``(out, in)`` in
+    ``F.unfold`` order)."""
+    try:
+        check_kn(weight, (k, n), layout=layout)
+    except BadInput:  # PatternViolation, or a group size that does not divide the input
         return False
-    return bool(((w.reshape(w.shape[0], -1, n) != 0).sum(-1) <= k).all())
+    return True
 
 
 def _check_target(out: Path) -> None:
@@ -241,11 +234,16 @@ def save_pruned(
     mask_summary: dict[str, Any] = {"n_layers": 0, "global_sparsity": 0.0, "layers": {}}
     if masks is not None:
         ms = sparsity(masks)
+        declared = masks.patterns()
         layers: dict[str, Any] = {}
         for name, mod, m in masks.entries():
             layers[name] = {"shape": list(m.shape), "kept": int(m.sum()), "zeros": ms.zeros[name],
                             "sparsity": ms.per_layer[name]}
-            if pattern is not None and kn_legal(weight_of(mod), *pattern):
+            if name in declared:  # the masks' own declaration (checked when declared and here again)
+                decl = declared[name]
+                check_kn(weight_of(mod), decl["pattern"], layout=decl["layout"], layer=name)
+                layers[name] |= declared[name]
+            elif pattern is not None and kn_legal(weight_of(mod), *pattern):
                 layers[name]["pattern"] = f"{pattern[0]}:{pattern[1]}"
         mask_summary = {"n_layers": len(masks), "global_sparsity": ms.global_sparsity, "layers": layers}
     cert = jsonable(certificate) if certificate is not None else None
@@ -348,7 +346,8 @@ def _verify_against_tensors(d: Path, manifest: Mapping[str, Any], model: nn.Modu
         pat = rec.get("pattern")
         if pat is not None:
             mm = _PATTERN_RE.match(str(pat))
-            if mm is None or not kn_legal(weight_of(mod), int(mm[1]), int(mm[2])):
+            layout = str(rec.get("layout", "matrix"))
+            if mm is None or not kn_legal(weight_of(mod), int(mm[1]), int(mm[2]), layout):
                 raise BadInput(f"{where} says layer {name!r} keeps the {pat} pattern, its weight of shape "
                                f"{tuple(weight_of(mod).shape)} does not")
     if not _same(summary.get("global_sparsity", 0.0), ms.global_sparsity):
@@ -413,10 +412,19 @@ def load_pruned(
     model.load_state_dict(state, strict=True)
     model.eval()
     check_finite(model)
+    summary = manifest.get("masks")
+    recs = summary.get("layers") if isinstance(summary, Mapping) else None
+    declared = {
+        name: {"pattern": str(rec["pattern"]), "layout": str(rec.get("layout", "matrix"))}
+        for name, rec in (recs.items() if isinstance(recs, Mapping) else ())
+        if isinstance(rec, Mapping) and rec.get("pattern") is not None
+    }
     masks = MaskStore.from_state_dict(st_load(blobs[MASKS_FILE]), model)
     if verify:
         check_legal(masks, model)
         _verify_against_tensors(d, manifest, model, masks)
+    for name, decl in declared.items():  # the manifest's k:n patterns, declared again (and checked)
+        masks.declare(name, decl["pattern"], decl["layout"])
     if manifest.get("model"):
         model.mpprune_spec = dict(manifest["model"])  # type: ignore[assignment]
     return model, masks, manifest

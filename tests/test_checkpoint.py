@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from mpprune.checkpoint import load_pruned, save_pruned
+from mpprune.errors import BadInput
 from mpprune.masks import MaskStore
 from mpprune.methods import Magnitude, prune
 from mpprune.models import build_model, default_checkpoint, model_spec, tiny_mlp
@@ -243,3 +245,37 @@ def test_check_new_output_and_provenance(tmp_path: Path) -> None:
         input_record(tmp_path / "nope")
     prov = provenance()
     assert prov["versions"]["torch"] == torch.__version__.split("+")[0] and "git" in prov
+
+
+@pytest.mark.parametrize("layout", ["matrix", "channel"])
+def test_declared_kn_patterns_survive_save_and_load(tmp_path, layout):
+    from mpprune.masks import PatternViolation
+
+    model = nn.Sequential(nn.Conv2d(8, 4, 2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    masks = MaskStore()
+    with torch.no_grad():
+        for name, n in (("0", 4), ("3", 8)):
+            mod = dict(model.named_modules())[name]
+            w = mod.weight
+            if layout == "channel" and w.dim() == 4:  # at most 1 of every 4 input channels per position
+                keep = torch.zeros_like(w, dtype=torch.bool)
+                keep[:, 0::4] = True
+            else:
+                keep = torch.zeros(w.shape[0], w[0].numel() // n, n, dtype=torch.bool)
+                keep[..., 0] = True
+                keep = keep.reshape(w.shape)
+            w.mul_(keep)
+            masks.add(name, mod, keep)
+            masks.declare(name, f"1:{n}", layout if w.dim() == 4 else "matrix")
+    save_pruned(tmp_path / "ck", model, masks, None, config={"method": "test"}, factory=None)
+    manifest = json.loads((tmp_path / "ck" / "manifest.json").read_text())
+    assert manifest["masks"]["layers"]["0"]["pattern"] == "1:4"
+    _, loaded, _ = load_pruned(tmp_path / "ck", model=copy.deepcopy(model))
+    assert loaded.patterns() == masks.patterns()
+    # an edited layout is caught against the tensors (with a 2x2 kernel the channel-legal mask is not
+    # im2col-legal, and back)
+    m = manifest["masks"]["layers"]["0"]
+    m["layout"] = "matrix" if m["layout"] == "channel" else "channel"
+    (tmp_path / "ck" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises((BadInput, PatternViolation)):
+        load_pruned(tmp_path / "ck", model=copy.deepcopy(model), verify=False)

@@ -124,8 +124,16 @@ def test_pipeline_end_to_end_and_resume_mid_distillation(
         assert sorted(res["kn"]["layers"]) == [f"blocks.{i}.mlp.fc{j}" for i in (0, 1) for j in (1, 2)]
         for n in res["kn"]["layers"]:
             assert kn_legal(dict(distilled.named_modules())[n].weight, 2, 4), n
+            assert dmasks.pattern(n) == ("2:4", "matrix"), n  # the declaration survives save and load
+            # the gate keeps k:n layers k:n (2:4 passed, 3:4 backed off) or leaves them dense
             if gated.get(n) == "passed":
                 assert kn_legal(dict(final.named_modules())[n].weight, 2, 4), n
+                assert masks.pattern(n) == ("2:4", "matrix"), n
+            elif gated.get(n) == "backed_off":
+                assert masks.pattern(n) == ("3:4", "matrix"), n
+                assert kn_legal(dict(final.named_modules())[n].weight, 3, 4), n
+            else:
+                assert masks.pattern(n) is None, n
     before, after = pruned.state_dict(), distilled.state_dict()
     assert not all(torch.equal(before[k], after[k]) for k in before)  # distillation changed the weights
     for name, mod, keep in masks.entries():
