@@ -239,7 +239,7 @@ class Run:
             if not done:
                 raise BadInput("no stage has written weights yet")
             model, masks, manifest = load_pruned(self.out / _WEIGHT_DIRS[done[-1]])
-            self._current = (self.merged(model), _sorted_masks(masks, model), manifest.get("report"))
+            self._current = (self.merged(model), masks, manifest.get("report"))
         return self._current
 
     def _skipped(self, stage: str) -> bool:
@@ -275,15 +275,6 @@ class Run:
         self.state["updated"] = utc_now()
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / STATE_FILE, dumps_json(self.state))
-
-
-def _sorted_masks(masks: MaskStore, model: nn.Module) -> MaskStore:
-    """``masks`` in the order of their names (declared k:n patterns kept): the order a checkpoint's
-    masks load in varies, and a training state's fingerprint reads them in order."""
-    state = dict(sorted(masks.to_state_dict().items()))
-    patterns = masks.patterns() if hasattr(masks, "patterns") else None
-    extra: tuple[Any, ...] = (patterns,) if patterns else ()
-    return MaskStore.from_state_dict(state, model, *extra)
 
 
 def _explicit_attention(model: nn.Module) -> nn.Module:
